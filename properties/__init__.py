@@ -1,0 +1,1 @@
+"""Package data: YAML defaults shipped with recbole-mmprefer (see recbole_mmprefer/resources.py)."""

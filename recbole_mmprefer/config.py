@@ -1,0 +1,136 @@
+"""RecBole ``Config`` that knows this package's models and stage defaults.
+
+Follows RecBole-GNN's ``config.py``: resolve the model through our registry and
+load ``properties/model/<Model>.yaml``. On top of RecBole's internal defaults we
+load our stage defaults (``properties/*.yaml``) and ``dataset_configs/<dataset>.yaml``;
+user files, dicts and ``--key=value`` flags still override everything, and a key
+that nobody defines is rejected with the nearest known key named.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+from typing import Dict, FrozenSet, Iterable
+
+import recbole
+import yaml
+from recbole.config import Config as RecBoleConfig
+from recbole.utils.argument_list import (
+    dataset_arguments,
+    evaluation_arguments,
+    general_arguments,
+    training_arguments,
+)
+
+from recbole_mmprefer import registry
+from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.resources import (
+    dataset_config_file,
+    dataset_configs_dir,
+    model_property_file,
+    properties_dir,
+    stage_property_files,
+)
+
+# Keys that RecBole's launchers put into the config without any YAML defining them.
+LAUNCHER_KEYS = {
+    "model", "dataset", "config_files", "nproc", "world_size", "ip", "port",
+    "offset", "local_rank", "single_spec", "device", "config_file",
+}
+
+
+class ConfigKeyError(InputError):
+    """An external config key that neither RecBole nor this package defines."""
+
+
+def _yaml_keys(paths: Iterable[Path]) -> set:
+    keys = set()
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+        if isinstance(content, dict):
+            keys.update(content)
+    return keys
+
+
+@functools.lru_cache(maxsize=1)
+def known_config_keys() -> FrozenSet[str]:
+    """Every key defined by RecBole's or our property files, or by RecBole's argument lists."""
+    recbole_properties = Path(recbole.__file__).parent / "properties"
+    keys = set(LAUNCHER_KEYS)
+    keys.update(general_arguments + training_arguments + evaluation_arguments + dataset_arguments)
+    keys.update(_yaml_keys(recbole_properties.rglob("*.yaml")))
+    keys.update(_yaml_keys(properties_dir().rglob("*.yaml")))
+    keys.update(_yaml_keys(dataset_configs_dir().glob("*.yaml")))
+    return frozenset(keys)
+
+
+def check_keys(keys: Iterable[str], source: str) -> None:
+    """Raise ConfigKeyError naming the first unknown key, its source and the nearest known key."""
+    known = known_config_keys()
+    for key in keys:
+        if key in known:
+            continue
+        nearest = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+        raise ConfigKeyError(
+            f"Unknown config key {key!r} in {source}{hint} "
+            "(set check_config_keys: False to allow keys of models outside RecBole and recbole-mmprefer)"
+        )
+
+
+class Config(RecBoleConfig):
+    """RecBole's Config, resolving our models first and loading our defaults."""
+
+    def _load_config_files(self, file_list):
+        self._keys_by_file: Dict[str, list] = {}
+        merged = {}
+        for file in file_list or []:
+            if not Path(file).is_file():
+                raise MissingInputError(f"Config file {file} not found")
+            with open(file, "r", encoding="utf-8") as handle:
+                content = yaml.load(handle.read(), Loader=self.yaml_loader) or {}
+            if not isinstance(content, dict):
+                raise InputError(f"Config file {file} must hold a mapping of key: value, got {type(content).__name__}")
+            self._keys_by_file[str(file)] = list(content)
+            merged.update(content)
+        return merged
+
+    def _merge_external_config_dict(self):
+        super()._merge_external_config_dict()
+        if not self.external_config_dict.get("check_config_keys", True):
+            return
+        for file, keys in self._keys_by_file.items():
+            check_keys(keys, file)
+        check_keys(self.variable_config_dict, "config_dict")
+        check_keys(self.cmd_config_dict, "the command line")
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if model is None:
+            raise InputError("model must be given as an argument, in a config file, a config dict or --model=NAME")
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+        if dataset is None:
+            raise InputError("dataset must be given as an argument, in a config file, a config dict or --dataset=NAME")
+        if isinstance(model, str):
+            return model, registry.get_model(model), dataset
+        return model.__name__, model, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for path in stage_property_files():
+            self._update_internal_config_dict(path)
+        for path in (model_property_file(model), dataset_config_file(dataset)):
+            if path is not None:
+                self._update_internal_config_dict(path)
+
+
+def run_dir(config) -> Path:
+    """Root of this data set's stage outputs: ``run_dir`` or ``<checkpoint_dir>/<dataset>``."""
+    if config["run_dir"]:
+        return Path(config["run_dir"])
+    return Path(config["checkpoint_dir"]) / config["dataset"]

@@ -1,0 +1,1 @@
+"""Data stage: item modality features (and, later, importers and profiles)."""

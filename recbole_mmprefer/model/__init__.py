@@ -1,0 +1,1 @@
+"""Model stage: joint residual encoding (semantic IDs) and MMPSASRec."""

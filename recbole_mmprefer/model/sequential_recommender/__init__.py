@@ -1,0 +1,1 @@
+"""Sequential recommenders of recbole-mmprefer (looked up before RecBole's)."""

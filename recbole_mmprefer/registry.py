@@ -1,0 +1,66 @@
+"""Model and trainer lookup: this package's models first, then RecBole's.
+
+Follows RecBole-GNN (``recbole_gnn/utils.py``): RecBole's own ``get_model``
+only searches inside ``recbole.model``, so our models are resolved here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import List, Type
+
+import recbole
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import get_trainer as recbole_get_trainer
+
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.resources import properties_dir
+
+OUR_MODEL_SUBMODULES = ["sequential_recommender"]
+
+
+class UnknownModelError(InputError):
+    """Raised for a model name that neither this package nor RecBole defines."""
+
+
+def our_model_names() -> List[str]:
+    return sorted(p.stem for p in (properties_dir() / "model").glob("*.yaml"))
+
+
+def recbole_model_names() -> List[str]:
+    model_dir = Path(recbole.__file__).parent / "properties" / "model"
+    return sorted(p.stem for p in model_dir.glob("*.yaml"))
+
+
+def available_models() -> List[str]:
+    return our_model_names() + [m for m in recbole_model_names() if m not in our_model_names()]
+
+
+def _find_our_model(model_name: str):
+    for submodule in OUR_MODEL_SUBMODULES:
+        module_path = f"recbole_mmprefer.model.{submodule}.{model_name.lower()}"
+        if importlib.util.find_spec(module_path) is not None:
+            return getattr(importlib.import_module(module_path), model_name, None)
+    return None
+
+
+def get_model(model_name: str) -> Type:
+    """Return the model class named ``model_name``: ours first, then RecBole's."""
+    model_class = _find_our_model(model_name)
+    if model_class is not None:
+        return model_class
+    try:
+        return recbole_get_model(model_name)
+    except (ValueError, ImportError, AttributeError) as error:
+        # RecBole reports an unknown name as a missing optional dependency
+        # (e.g. "No module named 'lightgbm'"): name the real problem instead.
+        raise UnknownModelError(
+            f"Unknown model {model_name!r}. Available models: {', '.join(available_models())}"
+        ) from error
+
+
+def get_trainer(model_type, model_name: str) -> Type:
+    """Return the trainer class for a model (RecBole's: none of ours needs its own yet)."""
+    return recbole_get_trainer(model_type, model_name)
