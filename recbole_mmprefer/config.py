@@ -17,6 +17,7 @@ from typing import Dict, FrozenSet, Iterable
 import recbole
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 from recbole.utils.argument_list import (
     dataset_arguments,
     evaluation_arguments,
@@ -127,6 +128,10 @@ class Config(RecBoleConfig):
         for path in (model_property_file(model), dataset_config_file(dataset)):
             if path is not None:
                 self._update_internal_config_dict(path)
+        # RecBole 1.2.1 ships SASRec & co. with loss_type CE but a default negative
+        # sampler, then refuses that pair; CE needs no sampled negatives.
+        if self.internal_config_dict.get("loss_type") == "CE" and model_class.type == ModelType.SEQUENTIAL:
+            self.internal_config_dict["train_neg_sample_args"] = None
 
 
 def run_dir(config) -> Path:

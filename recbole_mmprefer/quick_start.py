@@ -22,6 +22,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_mmprefer.config import ConfigKeyError, Config
+from recbole_mmprefer.data.atomic import check_interactions
 from recbole_mmprefer.data.features import build_features
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.model.export import export_embeddings
@@ -58,6 +59,7 @@ def run_recbole(model: Optional[str] = None, dataset: Optional[str] = None,
     logger.info(sys.argv)
     logger.info(config)
 
+    check_interactions(config)
     model_class = get_model(config["model"])
     if getattr(model_class, "needs_item_features", False):
         prepare_item_inputs(config)

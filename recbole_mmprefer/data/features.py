@@ -10,7 +10,6 @@ row) and ``meta.json`` (encoder, inputs, and the hash that makes reruns a no-op)
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -21,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from recbole_mmprefer.config import run_dir
+from recbole_mmprefer.data.atomic import atomic_file_path, read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.utils import (
     align_rows,
@@ -51,15 +51,14 @@ def features_dir(config, modality: str) -> Path:
 
 
 def item_file_path(config) -> Path:
-    return Path(config["data_path"]) / f"{config['dataset']}.item"
+    return atomic_file_path(config, "item")
 
 
 def read_item_table(path: Path, item_id_field: str, separator: str = "\t") -> pd.DataFrame:
-    """Read a RecBole ``.item`` atomic file as strings, columns named without their ``:type``."""
+    """The ``.item`` file as strings, checked for its id column, rows and duplicates."""
     if not path.is_file():
         raise MissingInputError(f"Item file {path} not found: item features are built from the data set's .item file")
-    frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
-    frame.columns = [column.split(":")[0] for column in frame.columns]
+    frame = read_atomic_file(path, separator)
     if item_id_field not in frame.columns:
         raise InputError(f"{path}: no {item_id_field!r} column; columns are {list(frame.columns)}")
     if frame.empty:

@@ -1,0 +1,43 @@
+"""RecBole atomic files (``<dataset>.inter``, ``.item``, ``.user``): reading and checks.
+
+RecBole itself fails deep inside its loader on an empty or missing
+interaction file; these checks name the file before any stage starts.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from recbole_mmprefer.errors import InputError, MissingInputError
+
+
+def atomic_file_path(config, suffix: str) -> Path:
+    return Path(config["data_path"]) / f"{config['dataset']}.{suffix}"
+
+
+def read_atomic_file(path: Path, separator: str = "\t") -> pd.DataFrame:
+    """Read an atomic file as strings, columns named without their ``:type``."""
+    if not path.is_file():
+        raise MissingInputError(f"Atomic file {path} not found")
+    try:
+        frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
+    frame.columns = [column.split(":")[0] for column in frame.columns]
+    return frame
+
+
+def check_interactions(config) -> None:
+    """Fail early, naming the file, when the data set's .inter file is missing or has no rows."""
+    path = atomic_file_path(config, "inter")
+    if config["benchmark_filename"]:
+        return  # pre-split files (<dataset>.train.inter, ...) are checked by RecBole
+    if not path.is_file():
+        raise MissingInputError(f"Interaction file {path} not found (data_path={config['data_path']})")
+    with open(path, encoding="utf-8") as handle:
+        header, first_row = handle.readline(), handle.readline()
+    if not header.strip() or not first_row.strip():
+        raise InputError(f"{path} has no interactions: it needs a header line and at least one row")

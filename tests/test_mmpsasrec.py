@@ -1,0 +1,102 @@
+"""MMPSASRec on a tiny data set: item representation shapes, gradients, a loss that falls."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+
+from recbole_mmprefer.config import Config
+from recbole_mmprefer.errors import MissingInputError
+from recbole_mmprefer.model.sequential_recommender.mmpsasrec import MMPSASRec
+from recbole_mmprefer.quick_start import prepare_item_inputs
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_root, tiny_encoder, tmp_path_factory):
+    """Config and data loaders with features and semantic IDs built once for the module."""
+    saved = tmp_path_factory.mktemp("saved")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["pytest"])
+        config = Config(model="MMPSASRec", dataset="tiny",
+                        config_dict=tiny_config(tiny_root, text_encoder=str(tiny_encoder),
+                                                checkpoint_dir=str(saved)))
+    init_seed(config["seed"], config["reproducibility"])
+    prepare_item_inputs(config)
+    dataset = create_dataset(config)
+    return config, dataset, data_preparation(config, dataset)
+
+
+def build_model(config, train_data, **overrides) -> MMPSASRec:
+    """A fresh model with some config values changed for it only."""
+    previous = {key: config[key] for key in overrides}
+    for key, value in overrides.items():
+        config[key] = value
+    try:
+        init_seed(config["seed"], config["reproducibility"])
+        return MMPSASRec(config, train_data._dataset)
+    finally:
+        for key, value in previous.items():
+            config[key] = value
+
+
+def test_item_representations_have_hidden_size_and_zero_padding(prepared):
+    config, dataset, (train_data, _, test_data) = prepared
+    model = build_model(config, train_data).eval()
+    table = model.item_embedding.weight
+    assert table.shape == (dataset.item_num, 16)
+    assert torch.equal(table[0], torch.zeros(16))
+    batch = next(iter(test_data))[0]
+    scores = model.full_sort_predict(batch)
+    assert scores.shape == (len(batch), dataset.item_num)
+    pointwise = model.predict(batch)  # the item_id of each test row
+    assert torch.allclose(pointwise, scores[torch.arange(len(batch)), batch["item_id"]], atol=1e-5)
+
+
+def test_codebooks_start_from_the_quantizer_and_receive_gradients(prepared):
+    config, _, (train_data, _, _) = prepared
+    model = build_model(config, train_data)
+    assert model.item_embedding.codebooks["text"].shape == (2, 8, 8)
+    loss = model.calculate_loss(next(iter(train_data)))
+    loss.backward()
+    assert model.item_embedding.codebooks["text"].grad.abs().sum() > 0
+    assert model.item_embedding.mlps["text"][0].weight.grad.abs().sum() > 0
+    assert model.item_embedding.features_text.requires_grad is False
+
+
+def test_without_semantic_ids_uses_raw_features_only(prepared):
+    config, dataset, (train_data, _, _) = prepared
+    model = build_model(config, train_data, use_semantic_ids=False)
+    assert not hasattr(model.item_embedding, "codebooks")
+    assert model.item_embedding.projection.in_features == 16  # one modality, MLP output only
+    assert model.item_embedding.weight.shape == (dataset.item_num, 16)
+
+
+def test_loss_falls_over_a_few_steps(prepared):
+    config, _, (train_data, _, _) = prepared
+    model = build_model(config, train_data, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = next(iter(train_data))
+    losses = []
+    for _ in range(30):
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_missing_stage_outputs_name_the_command(prepared, tmp_path):
+    config, _, (train_data, _, _) = prepared
+    with pytest.raises(MissingInputError, match="mmprefer features --dataset tiny"):
+        build_model(config, train_data, run_dir=str(tmp_path / "empty"))
+    shutil.copytree(Path(config["checkpoint_dir"]) / "tiny" / "features", tmp_path / "partial" / "features")
+    with pytest.raises(MissingInputError, match="mmprefer quantize --dataset tiny"):
+        build_model(config, train_data, run_dir=str(tmp_path / "partial"))
