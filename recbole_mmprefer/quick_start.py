@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from logging import getLogger
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -72,8 +73,10 @@ def run_recbole(model: Optional[str] = None, dataset: Optional[str] = None,
     model = model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    fit_started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"])
+    fit_seconds = time.perf_counter() - fit_started
     if saved:
         restore_weights(model, load_checkpoint(trainer.saved_model_file))
         logger.info(f"Loaded the best checkpoint {trainer.saved_model_file}")
@@ -87,6 +90,8 @@ def run_recbole(model: Optional[str] = None, dataset: Optional[str] = None,
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "model_file": trainer.saved_model_file if saved else None,
+        "epochs_trained": len(trainer.train_loss_dict),
+        "fit_seconds": fit_seconds,
     }
     if saved and config["export_embeddings"]:
         result["embeddings_dir"] = str(export_embeddings(config, model, dataset, test_data, trainer.saved_model_file))

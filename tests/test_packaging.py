@@ -1,0 +1,34 @@
+"""properties/ and dataset_configs/ ship inside the wheel and are found from a non-editable install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_ships_yaml_defaults_and_finds_them(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPOSITORY), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist")], check=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("recbole_mmprefer-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "recbole_mmprefer/properties/model/MMPSASRec.yaml" in names
+    assert "recbole_mmprefer/dataset_configs/ml-100k.yaml" in names
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, timeout=300)
+    probe = ("from recbole_mmprefer.resources import model_property_file, dataset_config_file;"
+             "print(model_property_file('MMPSASRec')); print(dataset_config_file('ml-100k'))")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    output = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert output == [str(target / "recbole_mmprefer" / "properties" / "model" / "MMPSASRec.yaml"),
+                      str(target / "recbole_mmprefer" / "dataset_configs" / "ml-100k.yaml")]
