@@ -121,8 +121,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model", "-m", default="BPR", help="model name, e.g. MMPSASRec, SASRec")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="data set name")
     parser.add_argument("--config_files", default=None, help="space-separated YAML config files")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (only 1 is supported so far)")
     args, _ = parser.parse_known_args(argv)
     config_files = args.config_files.strip().split(" ") if args.config_files else None
+    if args.nproc != 1:
+        print("run_recbole: error: --nproc > 1 (distributed training) is not supported yet", file=sys.stderr)
+        return 2
     try:
         run_recbole(model=args.model, dataset=args.dataset, config_file_list=config_files)
     except (InputError, MissingInputError, ConfigKeyError) as error:

@@ -71,11 +71,11 @@ def read_lines(path: Path) -> List[str]:
         return [line.rstrip("\n") for line in handle]
 
 
-def align_rows(matrix, row_tokens: List[str], item_tokens: List[str], source: Path, make_command: str):
+def align_rows(matrix, row_tokens: List[str], item_tokens: List[str], source: Path, remedy: str):
     """Reorder ``matrix`` (one row per token of ``row_tokens``) into the order of ``item_tokens``.
 
     RecBole's padding token ``[PAD]`` gets a zero row. A token without a row is
-    an error naming ``source`` and the command that rebuilds it.
+    an error naming ``source`` and ``remedy`` (what the user can do about it).
     """
     import numpy as np
 
@@ -87,7 +87,7 @@ def align_rows(matrix, row_tokens: List[str], item_tokens: List[str], source: Pa
     missing = [token for token in item_tokens if token != "[PAD]" and token not in position]
     if missing:
         raise InputError(f"{source} has no row for {len(missing)} item(s) of the data set, e.g. {missing[:5]}; "
-                         f"rerun `{make_command}`")
+                         f"{remedy}")
     aligned = np.zeros((len(item_tokens),) + matrix.shape[1:], dtype=matrix.dtype)
     rows = [row for row, token in enumerate(item_tokens) if token != "[PAD]"]
     aligned[rows] = matrix[[position[item_tokens[row]] for row in rows]]

@@ -178,11 +178,8 @@ def _precomputed_features(config, item_tokens: List[str]) -> np.ndarray:
             f"{path} has {matrix.shape[0]} rows but {source} lists {len(row_tokens)} items: "
             "each row must be one item's features"
         )
-    position = {token: row for row, token in enumerate(row_tokens)}
-    missing = [token for token in item_tokens if token not in position]
-    if missing:
-        raise InputError(f"{path}: no row for {len(missing)} item(s) of the .item file, e.g. {missing[:5]}")
-    return matrix[[position[token] for token in item_tokens]].astype(np.float32)
+    return align_rows(matrix, row_tokens, item_tokens, path, "give every item of the .item file a row"
+                      ).astype(np.float32)
 
 
 def _text_inputs(config, item_path: Path) -> Dict[str, object]:
@@ -269,4 +266,4 @@ def load_features(folder: Path, item_tokens: Sequence[str], make_command: str) -
         raise MissingInputError(f"No item features in {folder}: run `{make_command}` first")
     matrix = np.load(folder / "features.npy")
     return align_rows(matrix, read_lines(folder / "items.txt"), list(item_tokens), folder / "features.npy",
-                      make_command).astype(np.float32)
+                      f"rerun `{make_command}`").astype(np.float32)

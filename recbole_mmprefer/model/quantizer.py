@@ -271,9 +271,9 @@ def quantizer_dir(config) -> Path:
     return run_dir(config) / "quantizer"
 
 
-def _load_feature_folder(folder: Path) -> Tuple[np.ndarray, List[str], dict]:
+def _load_feature_folder(folder: Path, dataset: str) -> Tuple[np.ndarray, List[str], dict]:
     if not (folder / "meta.json").is_file():
-        raise MissingInputError(f"No item features in {folder}: run `mmprefer features` first")
+        raise MissingInputError(f"No item features in {folder}: run `mmprefer features --dataset {dataset}` first")
     return np.load(folder / "features.npy"), read_lines(folder / "items.txt"), read_json(folder / "meta.json")
 
 
@@ -281,7 +281,7 @@ def build_semantic_ids(config, force: bool = False) -> Path:
     """Train the joint RQ-VAE on the stored features and write semantic IDs + codebooks."""
     settings = QuantizerSettings.from_config(config)
     modalities = list(config["modalities"])
-    loaded = {m: _load_feature_folder(features_dir(config, m)) for m in modalities}
+    loaded = {m: _load_feature_folder(features_dir(config, m), config["dataset"]) for m in modalities}
     tokens = loaded[modalities[0]][1]
     for m, (_, other_tokens, _) in loaded.items():
         if other_tokens != tokens:
@@ -319,5 +319,6 @@ def load_semantic_ids(folder: Path, modality: str, item_tokens: Sequence[str],
     ids_path = folder / f"{modality}.semantic_ids.npy"
     if not (folder / "meta.json").is_file() or not ids_path.is_file():
         raise MissingInputError(f"No {modality} semantic IDs in {folder}: run `{make_command}` first")
-    ids = align_rows(np.load(ids_path), read_lines(folder / "items.txt"), list(item_tokens), ids_path, make_command)
+    ids = align_rows(np.load(ids_path), read_lines(folder / "items.txt"), list(item_tokens), ids_path,
+                     f"rerun `{make_command}`")
     return ids.astype(np.int64), np.load(folder / f"{modality}.codebooks.npy")

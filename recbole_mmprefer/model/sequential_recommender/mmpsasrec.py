@@ -99,7 +99,7 @@ class MMPSASRec(SASRec):
             semantic_ids = {m: torch.as_tensor(ids) for m, (ids, _) in loaded.items()}
             codebooks = {m: torch.as_tensor(books) for m, (_, books) in loaded.items()}
         return MultimodalItemEmbedding(features, semantic_ids, codebooks, config["feature_mlp_hidden"],
-                                       config["feature_out_size"], self.hidden_size, self.hidden_dropout_prob)
+                                       config["feature_out_size"], self.hidden_size, config["feature_dropout_prob"])
 
     def _normalise(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1) if self.similarity == "cos" else vectors
