@@ -100,3 +100,12 @@ def test_missing_stage_outputs_name_the_command(prepared, tmp_path):
     shutil.copytree(Path(config["checkpoint_dir"]) / "tiny" / "features", tmp_path / "partial" / "features")
     with pytest.raises(MissingInputError, match="mmprefer quantize --dataset tiny"):
         build_model(config, train_data, run_dir=str(tmp_path / "partial"))
+
+
+def test_cosine_scores_are_bounded_by_the_temperature(prepared):
+    config, _, (train_data, _, test_data) = prepared
+    model = build_model(config, train_data, similarity="cos", temperature=0.5).eval()
+    scores = model.full_sort_predict(next(iter(test_data))[0])
+    assert scores.abs().max() <= 2.0 + 1e-5
+    dot_model = build_model(config, train_data, similarity="dot", temperature=1.0).eval()
+    assert not torch.allclose(dot_model.full_sort_predict(next(iter(test_data))[0]), scores)

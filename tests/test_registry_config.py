@@ -34,7 +34,7 @@ def test_unknown_model_lists_available_models():
 
 def test_config_loads_model_stage_and_dataset_defaults(tiny_root):
     config = Config(model="MMPSASRec", dataset="ml-100k")
-    assert config["temperature"] == 0.07  # properties/model/MMPSASRec.yaml
+    assert config["feature_dropout_prob"] == 0.0  # properties/model/MMPSASRec.yaml
     assert config["rq_codebook_size"] == 256  # properties/quantizer.yaml
     assert config["text_fields"] == ["movie_title", "release_year", "class"]  # dataset_configs/ml-100k.yaml
     assert config["MAX_ITEM_LIST_LENGTH"] == 50  # RecBole's own defaults still apply
