@@ -81,16 +81,16 @@ def test_without_semantic_ids_uses_raw_features_only(prepared):
 def test_loss_falls_over_a_few_steps(prepared):
     config, _, (train_data, _, _) = prepared
     model = build_model(config, train_data, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     batch = next(iter(train_data))
     losses = []
-    for _ in range(30):
+    for _ in range(40):
         loss = model.calculate_loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < losses[0] - 0.3  # deterministic: no dropout, one fixed batch
 
 
 def test_missing_stage_outputs_name_the_command(prepared, tmp_path):
