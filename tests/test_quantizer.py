@@ -118,3 +118,22 @@ def test_code_report_has_usage_per_level():
     assert len(report["text"]["code_usage_per_level"]) == 3
     assert all(0 < usage <= 1 for usage in report["text"]["code_usage_per_level"])
     assert 0 <= report["joint_collision_rate"] <= 1
+
+
+DETERMINISM_PROBE = """
+import hashlib, numpy as np
+from recbole_mmprefer.model.quantizer import QuantizerSettings, train_joint_rqvae
+features = np.random.default_rng(0).normal(size=(1700, 384)).astype(np.float32)
+settings = QuantizerSettings(epochs=3, seed=5)  # the paper's sizes: 4 x 256 codes of dim 64
+model, _ = train_joint_rqvae({"text": features}, settings, show_progress=False)
+print(hashlib.md5(model.rqvae["text"].quantizer.codebooks.detach().numpy().tobytes()).hexdigest())
+"""
+
+
+def test_training_gives_the_same_codebooks_in_separate_processes():
+    import subprocess
+    import sys
+
+    digests = [subprocess.run([sys.executable, "-c", DETERMINISM_PROBE], capture_output=True, text=True,
+                              check=True, timeout=300).stdout for _ in range(2)]
+    assert digests[0] == digests[1]

@@ -93,7 +93,10 @@ class ResidualQuantizer(nn.Module):
         codes, loss = [], latent.new_zeros(())
         for level in range(self.levels):
             index = self._nearest(residual.detach(), level)
-            code = self.codebooks[level][index]
+            # A one-hot product, not codebooks[index]: the indexing backward sums
+            # gradients of repeated codes in a thread-dependent order, and that
+            # noise grows over training into different semantic IDs run to run.
+            code = F.one_hot(index, self.codebooks.shape[1]).to(latent.dtype) @ self.codebooks[level]
             loss = loss + F.mse_loss(code, residual.detach()) + self.beta * F.mse_loss(residual, code.detach())
             quantized = quantized + code
             residual = residual - code.detach()
