@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from recbole_mmprefer import __version__
 from recbole_mmprefer.config import run_dir
 from recbole_mmprefer.data.atomic import atomic_file_path, read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
@@ -229,7 +230,7 @@ def build_features(config, modality: str, force: bool = False) -> Path:
     frame = read_item_table(item_path, config["ITEM_ID_FIELD"], config["field_separator"])
     item_tokens = frame[config["ITEM_ID_FIELD"]].tolist()
     inputs = _text_inputs(config, item_path) if modality == "text" else _image_inputs(config, item_path)
-    input_hash = json_sha256(inputs)
+    input_hash = json_sha256({**inputs, "recbole_mmprefer": __version__})
     out_dir = features_dir(config, modality)
     meta_path = out_dir / "meta.json"
     if not force and meta_path.is_file() and read_json(meta_path).get("input_hash") == input_hash:

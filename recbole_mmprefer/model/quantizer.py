@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from recbole_mmprefer import __version__
 from recbole_mmprefer.config import run_dir
 from recbole_mmprefer.data.features import features_dir
 from recbole_mmprefer.errors import InputError, MissingInputError
@@ -290,8 +291,8 @@ def build_semantic_ids(config, force: bool = False) -> Path:
         if other_tokens != tokens:
             raise InputError(f"The {m} features list other items than the {modalities[0]} features: rerun "
                              f"`mmprefer features --dataset {config['dataset']}`")
-    input_hash = json_sha256({"settings": settings.__dict__, "features": {m: v[2]["input_hash"]
-                                                                          for m, v in loaded.items()}})
+    input_hash = json_sha256({"settings": settings.__dict__, "recbole_mmprefer": __version__,
+                              "features": {m: v[2]["input_hash"] for m, v in loaded.items()}})
     out_dir = quantizer_dir(config)
     if not force and (out_dir / "meta.json").is_file() and read_json(out_dir / "meta.json")["input_hash"] == input_hash:
         logger.info("Semantic IDs are up to date in %s", out_dir)
