@@ -38,15 +38,21 @@ class MultimodalItemEmbedding(nn.Module):
                              nn.Linear(mlp_hidden, out_size))
             for m, f in features.items()
         })
-        width = len(features) * out_size
         for m, matrix in features.items():
             self.register_buffer(f"features_{m}", matrix.float())
         if self.use_semantic_ids:
             for m in self.modalities:
                 self.register_buffer(f"semantic_ids_{m}", semantic_ids[m].long())
             self.codebooks = nn.ParameterDict({m: nn.Parameter(codebooks[m].float().clone()) for m in self.modalities})
-            width += sum(codebooks[m].shape[-1] for m in self.modalities)
-        self.projection = nn.Linear(width, hidden_size)
+        part_sizes = []
+        for m in self.modalities:
+            part_sizes.append(out_size)
+            if self.use_semantic_ids:
+                part_sizes.append(codebooks[m].shape[-1])
+        # Raw-feature MLP outputs start near zero while RQ-VAE codes have norm ~1-3:
+        # normalising each part keeps both halves in play from the first step.
+        self.part_norms = nn.ModuleList(nn.LayerNorm(size) for size in part_sizes)
+        self.projection = nn.Linear(sum(part_sizes), hidden_size)
         not_padding = torch.ones(len(next(iter(features.values()))), 1)
         not_padding[0] = 0.0
         self.register_buffer("not_padding", not_padding)
@@ -64,6 +70,7 @@ class MultimodalItemEmbedding(nn.Module):
             parts.append(self.mlps[m](getattr(self, f"features_{m}")))
             if self.use_semantic_ids:
                 parts.append(self.code_sum(m))
+        parts = [norm(part) for norm, part in zip(self.part_norms, parts)]
         return self.projection(torch.cat(parts, dim=-1)) * self.not_padding
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
