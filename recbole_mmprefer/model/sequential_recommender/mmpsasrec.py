@@ -3,8 +3,9 @@
 An item is represented, for each modality m, by concat[MLP(e_m), sum_l c_{m,l}]:
 an MLP of its raw feature (from ``mmprefer features``) and the sum of the
 codebook vectors its semantic ID picks (from ``mmprefer quantize``). The
-codebooks start from the RQ-VAE's and keep learning. The concatenation over
-modalities is projected to ``hidden_size`` and fed to SASRec's transformer.
+codebooks start from the RQ-VAE's and keep learning. Each part is
+layer-normalised, and the concatenation over modalities is projected to
+``hidden_size`` and fed to SASRec's transformer.
 Training is InfoNCE over all items (eq. 6): a softmax cross-entropy over
 temperature-scaled similarities. ``use_semantic_ids: False`` is the paper's
 "w/o Multi-SID" ablation (raw features only).
