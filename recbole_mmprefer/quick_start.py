@@ -15,14 +15,13 @@ import argparse
 import sys
 import time
 from logging import getLogger
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_mmprefer.config import ConfigKeyError, Config
+from recbole_mmprefer.config import Config, ConfigKeyError
 from recbole_mmprefer.data.atomic import check_interactions
 from recbole_mmprefer.data.features import build_features
 from recbole_mmprefer.errors import InputError, MissingInputError

@@ -12,7 +12,6 @@ import importlib.resources
 from pathlib import Path
 from typing import List, Optional
 
-
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 

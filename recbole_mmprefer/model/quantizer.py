@@ -30,7 +30,15 @@ from recbole_mmprefer import __version__
 from recbole_mmprefer.config import run_dir
 from recbole_mmprefer.data.features import features_dir
 from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.utils import align_rows, atomic_directory, json_sha256, read_json, read_lines, write_json, write_lines
+from recbole_mmprefer.utils import (
+    align_rows,
+    atomic_directory,
+    json_sha256,
+    read_json,
+    read_lines,
+    write_json,
+    write_lines,
+)
 
 logger = logging.getLogger(__name__)
 
