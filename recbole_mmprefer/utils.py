@@ -56,6 +56,12 @@ def write_json(path: Path, value: Any) -> None:
         handle.write("\n")
 
 
+def is_up_to_date(out_dir: Path, input_hash: str) -> bool:
+    """Whether a stage folder was written from inputs with this hash (its meta.json says so)."""
+    meta_path = Path(out_dir) / "meta.json"
+    return meta_path.is_file() and read_json(meta_path).get("input_hash") == input_hash
+
+
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -27,8 +27,8 @@ from recbole_mmprefer.utils import (
     align_rows,
     atomic_directory,
     file_sha256,
+    is_up_to_date,
     json_sha256,
-    read_json,
     read_lines,
     write_json,
     write_lines,
@@ -232,8 +232,7 @@ def build_features(config, modality: str, force: bool = False) -> Path:
     inputs = _text_inputs(config, item_path) if modality == "text" else _image_inputs(config, item_path)
     input_hash = json_sha256({**inputs, "recbole_mmprefer": __version__})
     out_dir = features_dir(config, modality)
-    meta_path = out_dir / "meta.json"
-    if not force and meta_path.is_file() and read_json(meta_path).get("input_hash") == input_hash:
+    if not force and is_up_to_date(out_dir, input_hash):
         logger.info("%s features are up to date in %s", modality, out_dir)
         return out_dir
 

@@ -18,7 +18,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.utils import (
     align_rows,
     atomic_directory,
+    is_up_to_date,
     json_sha256,
     read_json,
     read_lines,
@@ -261,10 +262,14 @@ def collision_rate(codes: np.ndarray) -> float:
     return float((counts[inverse.reshape(-1)] > 1).mean())
 
 
-def code_report(model: JointRQVAE, features: Mapping[str, np.ndarray]) -> Dict[str, object]:
-    """Per modality: reconstruction error, code usage per level and collision rate; and across modalities."""
+def code_report(model: JointRQVAE, features: Mapping[str, np.ndarray],
+                outputs: Optional[Mapping[str, Dict[str, torch.Tensor]]] = None) -> Dict[str, object]:
+    """Per modality: reconstruction error, code usage per level and collision rate; and across modalities.
+
+    ``outputs`` is ``model.encode`` of the features, when the caller already has it.
+    """
     tensors = {m: torch.as_tensor(matrix, dtype=torch.float32) for m, matrix in features.items()}
-    outputs = model.encode(tensors)
+    outputs = outputs if outputs is not None else model.encode(tensors)
     report: Dict[str, object] = {}
     for m, out in outputs.items():
         codes = out["codes"].numpy()
@@ -302,14 +307,14 @@ def build_semantic_ids(config, force: bool = False) -> Path:
     input_hash = json_sha256({"settings": settings.__dict__, "recbole_mmprefer": __version__,
                               "features": {m: v[2]["input_hash"] for m, v in loaded.items()}})
     out_dir = quantizer_dir(config)
-    if not force and (out_dir / "meta.json").is_file() and read_json(out_dir / "meta.json")["input_hash"] == input_hash:
+    if not force and is_up_to_date(out_dir, input_hash):
         logger.info("Semantic IDs are up to date in %s", out_dir)
         return out_dir
 
     features = {m: v[0] for m, v in loaded.items()}
     model, history = train_joint_rqvae(features, settings, show_progress=config["show_progress"])
-    report = code_report(model, features)
     outputs = model.encode({m: torch.as_tensor(v, dtype=torch.float32) for m, v in features.items()})
+    report = code_report(model, features, outputs)
     with atomic_directory(out_dir) as staging:
         for m in modalities:
             np.save(staging / f"{m}.semantic_ids.npy", outputs[m]["codes"].numpy().astype(np.int64))
