@@ -1,6 +1,6 @@
 """MMPSASRec against RecBole's sequential baselines on ml-100k, one shared small config.
 
-    python run_scripts/bench_recommender.py [--epochs N] [--out results/bench_recommender.md]
+    python run_scripts/bench_recommender.py [--epochs N] [--seeds S ...] [--out results/bench_recommender.md]
 
 Every model trains with the same seed, epochs, hidden size and sequence length
 (run_scripts/configs/cpu_small.yaml) through our run_recbole, in this one run,
@@ -8,12 +8,15 @@ and is tested on RecBole's leave-one-out split with full ranking. Prints a
 markdown table with Recall@10, NDCG@10, MRR@10, seconds per training epoch
 (fit time / epochs, validation included) and each figure's ratio to SASRec,
 and writes it to --out. MMPSASRec's feature and quantizer stages run before
-its training (timed apart, not counted per epoch).
+its training (timed apart, not counted per epoch). With several --seeds every
+model runs once per seed (for MMPSASRec the seed also draws the semantic IDs)
+and the table gives the mean over seeds, NDCG@10 with its population std.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,18 +35,36 @@ def run_model(model: str, config_files, overrides: dict) -> dict:
     return result
 
 
+def mean_of(runs: list, key: str) -> float:
+    return statistics.fmean(run["test_result"][key] for run in runs)
+
+
+def seconds_per_epoch(runs: list) -> float:
+    return statistics.fmean(run["fit_seconds"] / max(run["epochs_trained"], 1) for run in runs)
+
+
 def markdown_table(results: dict) -> str:
-    base = results["SASRec"]
-    header = "| model | Recall@10 | NDCG@10 | MRR@10 | s/epoch | epochs | NDCG@10 / SASRec | s/epoch / SASRec |"
-    lines = [header, "|" + "---|" * 8]
-    for model, result in results.items():
-        test = result["test_result"]
-        per_epoch = result["fit_seconds"] / max(result["epochs_trained"], 1)
-        base_epoch = base["fit_seconds"] / max(base["epochs_trained"], 1)
+    """One row per model: means over its runs (one per seed) and ratios to SASRec's means."""
+    base_ndcg, base_epoch = mean_of(results["SASRec"], "ndcg@10"), seconds_per_epoch(results["SASRec"])
+    header = ("| model | Recall@10 | NDCG@10 | NDCG@10 std | MRR@10 | s/epoch | epochs | "
+              "NDCG@10 / SASRec | s/epoch / SASRec |")
+    lines = [header, "|" + "---|" * 9]
+    for model, runs in results.items():
+        ndcg, per_epoch = mean_of(runs, "ndcg@10"), seconds_per_epoch(runs)
+        ndcg_std = statistics.pstdev(run["test_result"]["ndcg@10"] for run in runs)
+        epochs = "/".join(str(run["epochs_trained"]) for run in runs)
         lines.append(
-            f"| {model} | {test['recall@10']:.4f} | {test['ndcg@10']:.4f} | {test['mrr@10']:.4f} | "
-            f"{per_epoch:.1f} | {result['epochs_trained']} | {test['ndcg@10'] / base['test_result']['ndcg@10']:.2f} | "
+            f"| {model} | {mean_of(runs, 'recall@10'):.4f} | {ndcg:.4f} | {ndcg_std:.4f} | "
+            f"{mean_of(runs, 'mrr@10'):.4f} | {per_epoch:.1f} | {epochs} | {ndcg / base_ndcg:.2f} | "
             f"{per_epoch / base_epoch:.2f} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(results: dict, seeds: list) -> str:
+    lines = ["| model | " + " | ".join(f"NDCG@10 seed {seed}" for seed in seeds) + " |",
+             "|" + "---|" * (len(seeds) + 1)]
+    for model, runs in results.items():
+        lines.append(f"| {model} | " + " | ".join(f"{run['test_result']['ndcg@10']:.4f}" for run in runs) + " |")
     return "\n".join(lines)
 
 
@@ -51,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="override the shared config's epochs")
     parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[2020])
     parser.add_argument("--out", default=str(HERE.parent / "results" / "bench_recommender.md"))
     args = parser.parse_args()
     sys_args, sys.argv = sys.argv[1:], sys.argv[:1]  # RecBole's Config would read our flags as config keys
@@ -59,11 +81,15 @@ def main() -> None:
         overrides["epochs"] = args.epochs
     config_files = [str(HERE / "configs" / "cpu_small.yaml")]
     models = ["SASRec"] + [m for m in args.models if m != "SASRec"]
-    results = {model: run_model(model, config_files, overrides) for model in models}
+    results = {model: [run_model(model, config_files, {**overrides, "seed": seed}) for seed in args.seeds]
+               for model in models}
     table = markdown_table(results)
+    if len(args.seeds) > 1:
+        table += "\n\n" + per_seed_table(results, args.seeds)
     command = "python run_scripts/bench_recommender.py " + " ".join(sys_args)
     report = (f"# MMPSASRec vs RecBole baselines on ml-100k\n\nCommand: `{command.strip()}`\n"
-              f"Shared config: run_scripts/configs/cpu_small.yaml, seed 2020, 2 CPU cores.\n"
+              f"Shared config: run_scripts/configs/cpu_small.yaml, seeds {', '.join(map(str, args.seeds))}, "
+              "2 CPU cores.\n"
               "Target: MMPSASRec NDCG@10 >= SASRec's at <= 1.5x its time per epoch. "
               "Settings tried and run-to-run spread: results/recommender_tuning.md.\n\n"
               f"{table}\n")
