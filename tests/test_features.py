@@ -8,12 +8,11 @@ import os
 import numpy as np
 import pytest
 
+from conftest import tiny_config, write_tiny_dataset
 from recbole_mmprefer.config import Config
 from recbole_mmprefer.data import features as features_module
-from recbole_mmprefer.data.features import build_features, features_dir, load_features
+from recbole_mmprefer.data.features import TextEncoder, build_features, features_dir, load_features
 from recbole_mmprefer.errors import InputError, MissingInputError
-
-from conftest import tiny_config, write_tiny_dataset
 
 
 def make_config(root, **overrides):
@@ -43,6 +42,20 @@ def test_text_features_are_deterministic_and_cached(data_root, tiny_encoder, mon
     os.chdir(data_root.parent)
     again = build_features(config, "text", force=True)
     assert np.array_equal(np.load(again / "features.npy"), first)
+
+
+def test_repeated_texts_are_encoded_once_with_the_same_vectors(tiny_encoder, monkeypatch):
+    encoder = TextEncoder(str(tiny_encoder))
+    texts = ["a long comedy title here", "", "drama", "", "a long comedy title here"]
+    one_by_one = np.concatenate([encoder.encode([text]) for text in texts])
+    batch_sizes = []
+    original = encoder.model.forward
+    monkeypatch.setattr(encoder.model, "forward",
+                        lambda **kw: batch_sizes.append(len(kw["input_ids"])) or original(**kw))
+    together = encoder.encode(texts, batch_size=2)
+    assert batch_sizes == [2, 1]  # three distinct texts
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    assert (together[1] == together[3]).all() and (together[0] == together[4]).all()
 
 
 def test_changed_fields_invalidate_the_cache(data_root, tiny_encoder):

@@ -10,12 +10,11 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
+from conftest import tiny_config
 from recbole_mmprefer.config import Config
 from recbole_mmprefer.errors import MissingInputError
 from recbole_mmprefer.model.sequential_recommender.mmpsasrec import MMPSASRec
 from recbole_mmprefer.quick_start import prepare_item_inputs
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

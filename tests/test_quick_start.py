@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config, write_config_file, write_tiny_dataset
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.quick_start import load_data_and_model, run_recbole
-
-from conftest import tiny_config, write_config_file, write_tiny_dataset
 
 BIN = Path(sys.executable).parent
 

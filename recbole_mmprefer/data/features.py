@@ -113,10 +113,19 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path).eval()
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """One row per text. Each distinct text is encoded once, in batches of similar length."""
+        unique, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+        by_length = sorted(range(len(unique)), key=lambda index: (len(unique[index]), index))
+        encoded = self._encode_batches([unique[index] for index in by_length], batch_size)
+        rows = np.empty_like(encoded)
+        rows[by_length] = encoded
+        return rows[inverse.reshape(-1)]
+
+    @torch.inference_mode()
+    def _encode_batches(self, texts: List[str], batch_size: int) -> np.ndarray:
         outputs = []
-        for batch in _batches(list(texts), batch_size, "encoding item texts"):
+        for batch in _batches(texts, batch_size, "encoding item texts"):
             tokens = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
                                     return_tensors="pt")
             hidden = self.model(**tokens).last_hidden_state
@@ -237,8 +246,10 @@ def build_features(config, modality: str, force: bool = False) -> Path:
         return out_dir
 
     missing: List[str] = []
+    empty_texts = None
     if modality == "text":
         texts = item_texts(frame, list(config["text_fields"] or []), item_path)
+        empty_texts = sum(not text for text in texts)
         encoder = TextEncoder(config["text_encoder"], config["text_max_length"])
         matrix = encoder.encode(texts, config["feature_batch_size"])
     elif config["image_features"]:
@@ -252,6 +263,7 @@ def build_features(config, modality: str, force: bool = False) -> Path:
         write_json(staging / "meta.json", {
             "modality": modality, "items": len(item_tokens), "dim": int(matrix.shape[1]),
             "inputs": inputs, "input_hash": input_hash, "items_without_feature": missing,
+            "items_without_text": empty_texts,
         })
     logger.info("Wrote %s features for %d items (dim %d) to %s", modality, len(item_tokens), matrix.shape[1], out_dir)
     return out_dir
