@@ -8,9 +8,11 @@ under ``<checkpoint_dir>/<dataset>/`` and skip work whose outputs are up to date
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from contextlib import contextmanager
 from logging import getLogger
+from pathlib import Path
 from typing import List, Optional
 
 from recbole.utils import init_logger, init_seed
@@ -62,6 +64,68 @@ def cmd_quantize(args: argparse.Namespace, overrides: List[str]) -> None:
     getLogger().info("semantic IDs: %s", out_dir)
 
 
+def cmd_import_xrec(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.data.xrec import import_xrec
+
+    _no_overrides(overrides)
+    init_seed(args.seed, True)
+    report = import_xrec(Path(args.source), args.name, Path(args.out), seed=args.seed,
+                         split_ratios=args.split_ratios, split_by=args.split_by)
+    _print_import_report(report, Path(args.out) / args.name)
+
+
+def cmd_import_amazon(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.data.amazon import import_amazon
+
+    _no_overrides(overrides)
+    report = import_amazon(Path(args.reviews), Path(args.meta), args.name, Path(args.out),
+                           images=Path(args.images) if args.images else None, core=args.core)
+    _print_import_report(report, Path(args.out) / args.name)
+
+
+def _no_overrides(overrides: List[str]) -> None:
+    if overrides:
+        raise InputError(f"Unrecognised arguments {overrides}")
+
+
+def _print_import_report(report: dict, out_dir: Path) -> None:
+    shown = {key: value for key, value in report.items() if key != "files"}
+    print(json.dumps(shown, indent=2, default=str))
+    print(f"Wrote {out_dir} (report: {out_dir / 'import_report.json'})")
+
+
+def cmd_profiles(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.data.profiles import build_profiles
+
+    config = stage_config(args, overrides)
+    report = build_profiles(config, source=args.source, force=args.force)
+    getLogger().info("profiles: %s", json.dumps(report, default=str))
+
+
+def add_import_commands(commands) -> None:
+    importer = commands.add_parser("import", help="Import a public data set into RecBole atomic files "
+                                   "plus the explanation table", description="Import a public data set")
+    sources = importer.add_subparsers(dest="source_format", required=True)
+    xrec = sources.add_parser("xrec", help="A folder in the XRec layout (tst.pkl, total_*.csv, para_dict.pickle)")
+    xrec.add_argument("source", help="folder holding the XRec files")
+    xrec.add_argument("--split_ratios", "--split-ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+                      metavar=("TRAIN", "VALID", "TEST"), help="explanation-pair split (default 0.8 0.1 0.1)")
+    xrec.add_argument("--split_by", "--split-by", choices=["pair", "user"], default="pair",
+                      help="split unit: each pair alone, or all pairs of a user together")
+    xrec.add_argument("--seed", type=int, default=2020, help="seed of the explanation-pair split")
+    xrec.set_defaults(handler=cmd_import_xrec)
+    amazon = sources.add_parser("amazon", help="Amazon review dumps (2014 or 2018; JSON lines, optionally gzip)")
+    amazon.add_argument("--reviews", required=True, help="reviews file, e.g. reviews_Baby_5.json.gz")
+    amazon.add_argument("--meta", required=True, help="metadata file, e.g. meta_Baby.json.gz")
+    amazon.add_argument("--images", default=None, help="folder of item images named <asin>.<jpg|png|...>")
+    amazon.add_argument("--core", type=int, default=5, help="k-core filtering of users and items (default 5)")
+    amazon.set_defaults(handler=cmd_import_amazon)
+    for sub in (xrec, amazon):
+        sub.add_argument("--name", required=True, help="data set name (the folder and file prefix)")
+        sub.add_argument("--out", default="dataset", help="root folder of data sets (RecBole's data_path; "
+                         "default ./dataset)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmprefer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(handler=cmd_features)
     quantize = stage("quantize", "Train the joint RQ-VAE and write semantic IDs to <run_dir>/quantizer/")
     quantize.set_defaults(handler=cmd_quantize)
+    profiles = stage("profiles", "Write user and item profiles into the data set's .user/.item files "
+                     "(and its explanation table)")
+    profiles.add_argument("--source", choices=["template", "llm"], default=None,
+                          help="who writes the profiles (default: the config's profile_method)")
+    profiles.set_defaults(handler=cmd_profiles)
+    add_import_commands(commands)
     return parser
 
 
@@ -87,7 +157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args.handler(args, overrides)
     except (InputError, MissingInputError) as error:
-        print(f"mmprefer {args.command}: error: {error}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "source_format", None)]))
+        print(f"mmprefer {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -16,7 +16,7 @@ plus the text the explainer needs:
 The table is JSON lines, not TSV, so that explanations keep their exact text
 (tabs, newlines and quotes included): metrics are computed on these strings.
 Atomic files hold text with its whitespace runs collapsed to one space, since
-RecBole splits fields on tabs and rows on newlines.
+RecBole splits fields on tabs and rows on newlines (see :func:`single_line`).
 """
 
 from __future__ import annotations
@@ -43,8 +43,14 @@ def explanation_table_path(data_dir: Path, name: str) -> Path:
 
 
 def single_line(text: str) -> str:
-    """Text fit for an atomic-file field: whitespace runs (tabs, newlines) become one space."""
-    return _WHITESPACE.sub(" ", text).strip()
+    """Text fit for an atomic-file field: whitespace runs (tabs, newlines) become one space.
+
+    A leading straight double quote becomes a typographic one: RecBole reads
+    atomic files with pandas' default CSV quoting, which would otherwise take
+    it for the start of a quoted field and fail on the row.
+    """
+    text = _WHITESPACE.sub(" ", text).strip()
+    return "\u201c" + text[1:] if text.startswith('"') else text
 
 
 def write_atomic_file(path: Path, frame: pd.DataFrame, field_types: Mapping[str, str]) -> None:

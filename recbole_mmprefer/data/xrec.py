@@ -57,6 +57,7 @@ _SAFE_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("pandas.core.frame", "DataFrame"), ("pandas.core.series", "Series"),
     ("pandas.core.internals.managers", "BlockManager"), ("pandas.core.internals.managers", "SingleBlockManager"),
     ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.internals.blocks", "new_block"),
@@ -65,10 +66,14 @@ _SAFE_GLOBALS = {
 }
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a plain data object")
+            raise _RefusedGlobal(f"{module}.{name}")
         return super().find_class(module, name)
 
 
@@ -79,6 +84,9 @@ def load_data_pickle(path: Path):
         raise MissingInputError(f"{path} not found")
     try:
         return _DataOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+    except _RefusedGlobal as refused:
+        raise InputError(f"{path}: refusing to load {refused}, which is not a plain data object; "
+                         "only pandas DataFrames, lists and dicts of data are read") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
         raise InputError(f"{path}: not a readable data pickle ({type(error).__name__}: {error}); "
                          "the file may be truncated or not from the XRec release") from None

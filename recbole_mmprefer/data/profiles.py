@@ -1,0 +1,758 @@
+"""XRec-style user and item profiles (paper section 4.1) for data sets that have none: `mmprefer profiles`.
+
+The explainer's prompt holds an item profile (which users would enjoy the
+item) and a user profile (what the user likes). XRec had GPT-3.5 write them
+from reviews; a data set imported without them gets them here, from one of
+two sources:
+
+- ``template``: deterministic text from the ``.item`` metadata and the
+  ``.inter`` history, e.g. ``"Toy Story (1995). Genres: Animation,
+  Children's, Comedy."`` for an item and ``"9 interactions. Most frequent
+  genres: ... Latest items: ... Mean rating: 3.80."`` for a user;
+- ``llm``: a local Hugging Face causal LM (``profile_llm_path``) or an
+  OpenAI-compatible endpoint (``profile_api_base``) asked to summarise the
+  same material; replies are cached in ``<name>.profile_cache.jsonl`` so a
+  rerun generates nothing twice.
+
+Profiles land in the ``profile`` / ``profile_source`` fields of
+``<name>.user`` and ``<name>.item`` (every other column kept, header types
+included) and in ``<name>.expl.jsonl`` when the data set has one. Sources are
+never mixed silently: a node profiled by another source stops the stage
+unless it is forced to rewrite everything.
+
+Optional reviews come from ``<name>.reviews.jsonl``: one JSON object per line
+with ``user_id``, ``item_id``, the text under ``review`` (or ``text`` /
+``reviewText``) and optionally ``timestamp``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from recbole_mmprefer.data.atomic import read_atomic_file
+from recbole_mmprefer.data.explanations import (
+    explanation_table_path,
+    read_explanation_table,
+    single_line,
+    write_atomic_file,
+    write_explanation_table,
+)
+from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.resources import properties_dir
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("template", "llm")
+PROFILE_TYPES = {"profile": "token_seq", "profile_source": "token"}
+TEXT_TYPES = ("token", "token_seq")
+GROUP_FIELD_CANDIDATES = ("class", "genre", "genres", "category", "categories")
+FIELD_DEFAULTS = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "RATING_FIELD": "rating",
+                  "TIME_FIELD": "timestamp"}
+REVIEW_TEXT_KEYS = ("review", "text", "reviewText")
+RETRY_HTTP_CODES = (408, 429, 500, 502, 503, 504)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+
+
+# --------------------------------------------------------------------------- settings
+
+@functools.lru_cache(maxsize=1)
+def profile_defaults() -> Dict[str, object]:
+    """The defaults of ``properties/profiles.yaml`` (used where a plain dict config lacks a key)."""
+    with open(properties_dir() / "profiles.yaml", encoding="utf-8") as handle:
+        return {**FIELD_DEFAULTS, **yaml.safe_load(handle)}
+
+
+def setting(config, key: str):
+    """``config[key]``, or the stage default when the config (e.g. a plain dict) does not hold it."""
+    if key in config:
+        return config[key]
+    return profile_defaults().get(key)
+
+
+def _data_file(config, suffix: str) -> Path:
+    return Path(config["data_path"]) / f"{config['dataset']}.{suffix}"
+
+
+# --------------------------------------------------------------------------- inputs
+
+@dataclass
+class NodeTable:
+    """One atomic node file (``.user`` or ``.item``): rows as strings and the header's field types."""
+
+    path: Path
+    frame: pd.DataFrame
+    types: Dict[str, str]
+    id_field: str
+
+    def profile_mask(self) -> pd.Series:
+        return self.frame["profile"].str.strip() != ""
+
+
+def header_types(path: Path) -> Dict[str, str]:
+    """Field name -> RecBole type from the first line of an atomic file (``token`` when untyped)."""
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\r\n")
+    pairs = [column.split(":", 1) for column in header.split("\t")]
+    return {pair[0]: (pair[1] if len(pair) > 1 else "token") for pair in pairs}
+
+
+def read_node_table(path: Path, id_field: str) -> NodeTable:
+    """An atomic node file with ``profile`` / ``profile_source`` columns (added empty when missing)."""
+    frame = read_atomic_file(path)
+    types = header_types(path)
+    if id_field not in frame.columns:
+        raise InputError(f"{path}: no {id_field!r} field; the file has {list(frame.columns)}")
+    duplicated = frame[id_field].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise InputError(f"{path}, line {row + 2}: {id_field} {frame[id_field].iloc[row]!r} is listed twice")
+    return _with_profile_columns(NodeTable(path, frame, types, id_field))
+
+
+def _with_profile_columns(table: NodeTable) -> NodeTable:
+    for column, field_type in PROFILE_TYPES.items():
+        if column not in table.frame.columns:
+            table.frame[column] = ""
+        table.types.setdefault(column, field_type)
+    return table
+
+
+def read_user_table(path: Path, id_field: str, users: Sequence[str]) -> NodeTable:
+    """The ``.user`` file with a row for every user of ``users`` (a bare file when there is none)."""
+    if path.is_file():
+        table = read_node_table(path, id_field)
+    else:
+        table = _with_profile_columns(NodeTable(path, pd.DataFrame({id_field: []}, dtype=object), {id_field: "token"},
+                                                id_field))
+    known = set(table.frame[id_field])
+    missing = [user for user in users if user not in known]
+    if missing:
+        extra = pd.DataFrame({column: [""] * len(missing) for column in table.frame.columns})
+        extra[id_field] = missing
+        table.frame = pd.concat([table.frame, extra], ignore_index=True)
+    return table
+
+
+@dataclass
+class History:
+    """Each user's interactions in time order: item tokens and ratings (None without a rating field)."""
+
+    items: Dict[str, List[str]]
+    ratings: Optional[Dict[str, List[float]]]
+
+
+def read_history(config, path: Path) -> History:
+    frame = read_atomic_file(path)
+    user_field, item_field = setting(config, "USER_ID_FIELD"), setting(config, "ITEM_ID_FIELD")
+    for column in (user_field, item_field):
+        if column not in frame.columns:
+            raise InputError(f"{path}: no {column!r} field; the file has {list(frame.columns)}")
+    time_field, rating_field = setting(config, "TIME_FIELD"), setting(config, "RATING_FIELD")
+    if time_field in frame.columns:
+        order = pd.to_numeric(frame[time_field], errors="coerce")
+        frame = frame.iloc[np.argsort(order.to_numpy(), kind="stable")]
+    ratings = None
+    if rating_field in frame.columns:
+        frame = frame.assign(_rating=pd.to_numeric(frame[rating_field], errors="coerce"))
+        ratings = {user: [r for r in group if not np.isnan(r)] for user, group in
+                   frame.groupby(user_field, sort=False)["_rating"]}
+    items = {user: list(group) for user, group in frame.groupby(user_field, sort=False)[item_field]}
+    return History(items, ratings)
+
+
+@dataclass
+class Reviews:
+    """Review texts per user and per item, oldest first."""
+
+    by_user: Dict[str, List[Tuple[str, str]]] = field(default_factory=dict)  # user -> [(item, text)]
+    by_item: Dict[str, List[str]] = field(default_factory=dict)
+
+
+def read_reviews(path: Path) -> Reviews:
+    """``<name>.reviews.jsonl`` when present (empty otherwise); a bad line is an error naming it."""
+    reviews = Reviews()
+    if not path.is_file():
+        return reviews
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                records.append(_review_record(path, number, line))
+    records.sort(key=lambda record: record[0])
+    for _, user, item, text in records:
+        reviews.by_user.setdefault(user, []).append((item, text))
+        reviews.by_item.setdefault(item, []).append(text)
+    return reviews
+
+
+def _review_record(path: Path, number: int, line: str) -> Tuple[float, str, str, str]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+    text = next((record[key] for key in REVIEW_TEXT_KEYS if isinstance(record.get(key), str)), None)
+    if "user_id" not in record or "item_id" not in record or text is None:
+        raise InputError(f"{path}, line {number}: a review needs user_id, item_id and one of {list(REVIEW_TEXT_KEYS)}")
+    try:
+        stamp = float(record.get("timestamp", 0) or 0)
+    except (TypeError, ValueError):
+        stamp = 0.0
+    return stamp, str(record["user_id"]), str(record["item_id"]), text
+
+
+def review_summary(text: str, max_words: int) -> str:
+    """A review's first sentence, at most ``max_words`` words (``...`` marks a cut)."""
+    sentence = _SENTENCE_END.split(single_line(text), maxsplit=1)[0]
+    words = sentence.split()
+    return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+
+
+# --------------------------------------------------------------------------- item fields
+
+@dataclass
+class ItemFields:
+    """Which ``.item`` fields make an item's text: the first is its title; ``group`` describes users."""
+
+    fields: List[str]
+    group: Optional[str]
+    labels: Dict[str, str]
+
+    @property
+    def title(self) -> str:
+        return self.fields[0]
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name) or name.replace("_", " ").capitalize()
+
+
+def resolve_item_fields(config, items: NodeTable) -> ItemFields:
+    """The configured item fields and group field, checked against the ``.item`` header."""
+    available = list(items.frame.columns)
+    configured = setting(config, "profile_item_fields")
+    fields = list(configured) if configured else [
+        name for name, kind in items.types.items()
+        if name != items.id_field and name not in PROFILE_TYPES and kind in TEXT_TYPES]
+    group = setting(config, "profile_user_group_field")
+    for name in fields + ([group] if group else []):
+        if name not in available:
+            raise InputError(f"{items.path}: profile field {name!r} not found; the file has {available}")
+    if not fields:
+        raise InputError(f"{items.path} has no text field for item profiles; set profile_item_fields")
+    if not group:
+        group = next((name for name in GROUP_FIELD_CANDIDATES if name in available), None)
+    return ItemFields(fields, group, dict(setting(config, "profile_field_labels") or {}))
+
+
+def split_values(value: str) -> List[str]:
+    """Group values of one field: comma-separated when there is a comma, else space-separated."""
+    parts = value.split(",") if "," in value else value.split()
+    return [part.strip() for part in parts if part.strip()]
+
+
+# --------------------------------------------------------------------------- template profiles
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _quoted(texts: Sequence[str]) -> str:
+    return "; ".join(f'"{text}"' for text in texts)
+
+
+def item_description(row: Dict[str, str], spec: ItemFields) -> str:
+    """``"Title (year). Label: values."`` from the item fields; fields with "year" in their name go in brackets."""
+    others = spec.fields[1:]
+    years = [row[name].strip() for name in others if "year" in name.lower() and row[name].strip()]
+    head = " ".join([row[spec.title].strip()] + [f"({year})" for year in years]).strip()
+    sentences = [head] if head else []
+    for name in others:
+        value = row[name].strip()
+        if value and "year" not in name.lower():
+            text = ", ".join(split_values(value)) if name == spec.group else value
+            sentences.append(f"{spec.label(name)}: {text}")
+    return " ".join(_sentence(sentence) for sentence in sentences)
+
+
+@dataclass
+class ProfileInputs:
+    """Everything a profile is written from."""
+
+    items: NodeTable
+    users: NodeTable
+    history: History
+    reviews: Reviews
+    spec: ItemFields
+    descriptions: Dict[str, str]  # item token -> item_description
+    titles: Dict[str, str]
+    groups: Dict[str, List[str]]
+
+
+def load_inputs(config) -> ProfileInputs:
+    item_path, inter_path = _data_file(config, "item"), _data_file(config, "inter")
+    for path, what in ((item_path, "item metadata"), (inter_path, "interactions")):
+        if not path.is_file():
+            raise MissingInputError(f"{path} not found: profiles are written from the data set's {what}")
+    items = read_node_table(item_path, setting(config, "ITEM_ID_FIELD"))
+    history = read_history(config, inter_path)
+    users = read_user_table(_data_file(config, "user"), setting(config, "USER_ID_FIELD"), list(history.items))
+    spec = resolve_item_fields(config, items)
+    rows = items.frame.to_dict(orient="records")
+    tokens = items.frame[items.id_field].tolist()
+    return ProfileInputs(
+        items=items, users=users, history=history, reviews=read_reviews(_data_file(config, "reviews.jsonl")),
+        spec=spec, descriptions={token: item_description(row, spec) for token, row in zip(tokens, rows)},
+        titles={token: row[spec.title].strip() or token for token, row in zip(tokens, rows)},
+        groups={token: split_values(row[spec.group]) if spec.group else [] for token, row in zip(tokens, rows)})
+
+
+def _review_texts(config, reviews: Sequence[str]) -> List[str]:
+    count, words = int(setting(config, "profile_review_count")), int(setting(config, "profile_review_words"))
+    summaries = [review_summary(text, words) for text in reviews[-count:] if text.strip()] if count > 0 else []
+    return [summary for summary in summaries if summary]
+
+
+def template_item_profile(config, inputs: ProfileInputs, item: str) -> str:
+    text = inputs.descriptions[item]
+    reviews = _review_texts(config, inputs.reviews.by_item.get(item, []))
+    return f"{text} Reviews: {_quoted(reviews)}." if reviews else text
+
+
+def template_user_profile(config, inputs: ProfileInputs, user: str) -> str:
+    """Interaction count, most frequent group values, latest titles, mean rating and review summaries."""
+    items = inputs.history.items.get(user, [])
+    if not items:
+        return ""
+    sentences = [f"{len(items)} interaction{'s' if len(items) != 1 else ''}"]
+    counts = Counter(value for item in items for value in inputs.groups.get(item, []))
+    top = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))[:int(setting(config, "profile_top_groups"))]
+    if top:
+        label = inputs.spec.label(inputs.spec.group).lower()
+        sentences.append(f"Most frequent {label}: " + ", ".join(f"{value} ({count})" for value, count in top))
+    latest = items[-int(setting(config, "profile_history_length")):][::-1]
+    if latest and int(setting(config, "profile_history_length")) > 0:
+        sentences.append("Latest items: " + "; ".join(inputs.titles.get(item, item) for item in latest))
+    ratings = inputs.history.ratings.get(user, []) if inputs.history.ratings is not None else []
+    if ratings:
+        sentences.append(f"Mean rating: {np.mean(ratings):.2f}")
+    reviews = _review_texts(config, [text for _, text in inputs.reviews.by_user.get(user, [])])
+    if reviews:
+        sentences.append(f"Reviews: {_quoted(reviews)}")
+    return " ".join(_sentence(sentence) for sentence in sentences)
+
+
+# --------------------------------------------------------------------------- LLM prompts
+
+ITEM_INSTRUCTION = (
+    "You help a recommender system describe its catalogue. Below is an item with its details{reviews}. "
+    "In two or three sentences, say what kind of user would enjoy this item and why. "
+    "Write plain prose about the audience, without a heading or a list.")
+USER_INSTRUCTION = (
+    "You help a recommender system understand its users. Below are the items a user interacted with, "
+    "oldest first{reviews}. In two or three sentences, describe what this user likes and looks for. "
+    "Write plain prose about the user's tastes, without a heading or a list.")
+
+
+def item_prompt(config, inputs: ProfileInputs, item: str) -> str:
+    reviews = _review_texts(config, inputs.reviews.by_item.get(item, []))
+    lines = [ITEM_INSTRUCTION.format(reviews=", and what reviewers wrote" if reviews else ""), "",
+             f"Item: {inputs.descriptions[item]}"]
+    lines += ["Reviews:"] + [f"- {review}" for review in reviews] if reviews else []
+    return "\n".join(lines)
+
+
+def user_prompt(config, inputs: ProfileInputs, user: str) -> str:
+    items = inputs.history.items.get(user, [])
+    ratings = inputs.history.ratings.get(user) if inputs.history.ratings is not None else None
+    rated = ratings if ratings is not None and len(ratings) == len(items) else None
+    length = int(setting(config, "profile_llm_history_length"))
+    start = max(len(items) - length, 0)
+    lines = []
+    for position in range(start, len(items)):
+        item = items[position]
+        text = inputs.descriptions.get(item) or _sentence(item)
+        lines.append(f"- {text}" + (f" Rated {rated[position]:g}." if rated is not None else ""))
+    reviews = inputs.reviews.by_user.get(user, [])[-int(setting(config, "profile_review_count")):]
+    summaries = [(item, review_summary(text, int(setting(config, "profile_review_words")))) for item, text in reviews]
+    review_lines = [f'- On {inputs.titles.get(item, item)}: "{summary}"' for item, summary in summaries if summary]
+    head = USER_INSTRUCTION.format(reviews=", and reviews the user wrote" if review_lines else "")
+    return "\n".join([head, "", "Items:"] + lines + (["Reviews:"] + review_lines if review_lines else []))
+
+
+# --------------------------------------------------------------------------- LLM backends
+
+def _model_name(path: str) -> str:
+    name = Path(str(path).rstrip("/\\")).name
+    return name or str(path)
+
+
+class LocalLM:
+    """A Hugging Face causal LM by local path: chat template when it has one, greedy, left-padded batches."""
+
+    def __init__(self, path: str, max_new_tokens: int):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name, self.max_new_tokens = _model_name(path), int(max_new_tokens)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path).eval()
+        except OSError as error:
+            raise MissingInputError(f"profile_llm_path {path!r} is not a causal LM that loads offline ({error})")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        if self.tokenizer.pad_token is None:
+            raise InputError(f"The tokenizer of {path} has no pad, end or unknown token to pad batches with")
+
+    def _texts(self, prompts: Sequence[str]) -> List[str]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            return list(prompts)
+        return [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                   add_generation_prompt=True) for prompt in prompts]
+
+    def generate(self, prompts: Sequence[str]) -> List[str]:
+        import torch
+
+        chat = bool(getattr(self.tokenizer, "chat_template", None))
+        batch = self.tokenizer(self._texts(prompts), return_tensors="pt", padding=True,
+                               add_special_tokens=not chat).to(self.device)
+        with torch.inference_mode():
+            output = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                         pad_token_id=self.tokenizer.pad_token_id)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+class ApiLM:
+    """An OpenAI-compatible ``/chat/completions`` endpoint, called with urllib; retries with backoff."""
+
+    def __init__(self, config):
+        base = str(setting(config, "profile_api_base")).rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.name = llm_model_name(config)
+        self.max_new_tokens = int(setting(config, "profile_max_new_tokens"))
+        self.timeout = float(setting(config, "profile_api_timeout"))
+        self.retries = int(setting(config, "profile_api_retries"))
+        self.wait = float(setting(config, "profile_api_retry_wait"))
+        key_env = setting(config, "profile_api_key_env")
+        self.key = os.environ.get(key_env) if key_env else None
+
+    def generate(self, prompts: Sequence[str]) -> List[str]:
+        return [self.complete(prompt) for prompt in prompts]
+
+    def _request(self, prompt: str) -> urllib.request.Request:
+        body = {"model": self.name, "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": self.max_new_tokens, "temperature": 0}
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        return urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+
+    def complete(self, prompt: str) -> str:
+        failure = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.wait * 2 ** (attempt - 1))
+            try:
+                with urllib.request.urlopen(self._request(prompt), timeout=self.timeout) as response:
+                    return self._reply(response.read())
+            except urllib.error.HTTPError as error:
+                if error.code not in RETRY_HTTP_CODES:
+                    detail = error.read()[:300].decode("utf-8", "replace")
+                    raise InputError(f"{self.url} answered HTTP {error.code}: {detail}") from None
+                failure = f"HTTP {error.code}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                failure = str(getattr(error, "reason", error))
+        raise InputError(f"{self.url}: no reply after {self.retries + 1} tries (last: {failure})")
+
+    def _reply(self, payload: bytes) -> str:
+        try:
+            content = json.loads(payload)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise InputError(f"{self.url} did not answer with a chat completion: {payload[:300]!r}") from None
+        return (content or "").strip()
+
+
+def llm_model_name(config) -> str:
+    """The name that marks LLM profiles (``llm:<name>``); checks that exactly one backend is configured."""
+    path, base = setting(config, "profile_llm_path"), setting(config, "profile_api_base")
+    if bool(path) == bool(base):
+        raise InputError("--source llm needs exactly one of profile_llm_path (a local causal LM) and "
+                         f"profile_api_base (an OpenAI-compatible endpoint); got {path!r} and {base!r}")
+    if base:
+        name = setting(config, "profile_api_model")
+        if not name:
+            raise InputError("profile_api_base is set but profile_api_model is not: name the model to call")
+        return str(name)
+    return _model_name(path)
+
+
+def make_backend(config):
+    if setting(config, "profile_api_base"):
+        return ApiLM(config)
+    return LocalLM(str(setting(config, "profile_llm_path")), int(setting(config, "profile_max_new_tokens")))
+
+
+class ReplyCache:
+    """LLM replies by (model, prompt hash), appended to a JSON-lines file as they come."""
+
+    def __init__(self, path: Path, model: str, max_new_tokens: int):
+        self.path, self.model, self.max_new_tokens = path, model, max_new_tokens
+        self.replies: Dict[str, str] = {}
+        if path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by an interrupted run
+                if record.get("model") == self.model:
+                    self.replies[record["key"]] = record["reply"]
+
+    def key(self, prompt: str) -> str:
+        return hashlib.sha256(f"{self.max_new_tokens}\n{prompt}".encode()).hexdigest()
+
+    def get(self, prompt: str) -> Optional[str]:
+        return self.replies.get(self.key(prompt))
+
+    def put(self, prompt: str, reply: str) -> None:
+        key = self.key(prompt)
+        self.replies[key] = reply
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"model": self.model, "key": key, "reply": reply}, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class LlmStats:
+    generated: int = 0
+    cached: int = 0
+    empty: int = 0
+    calls: int = 0
+
+
+def generate_replies(prompts: Sequence[str], make: Callable[[], object], cache: ReplyCache,
+                     batch_size: int, stats: LlmStats) -> List[str]:
+    """One reply per prompt: cached ones reused, the rest generated in batches; an empty reply is retried once."""
+    replies = [cache.get(prompt) for prompt in prompts]
+    todo = [index for index, reply in enumerate(replies) if reply is None]
+    stats.cached += len(prompts) - len(todo)
+    backend = make() if todo else None
+    with tqdm(total=len(todo), desc="LLM profiles", unit="node", disable=not todo) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            texts = _generate_with_retry(backend, [prompts[index] for index in batch], stats)
+            for index, text in zip(batch, texts):
+                replies[index] = text
+                if text:
+                    cache.put(prompts[index], text)
+            bar.update(len(batch))
+    return [reply or "" for reply in replies]
+
+
+def _generate_with_retry(backend, prompts: List[str], stats: LlmStats) -> List[str]:
+    texts = [single_line(text) for text in backend.generate(prompts)]
+    stats.calls += 1
+    empty = [index for index, text in enumerate(texts) if not text]
+    if empty:
+        stats.calls += 1
+        again = backend.generate([prompts[index] for index in empty])
+        for index, text in zip(empty, again):
+            texts[index] = single_line(text)
+    stats.generated += len(prompts)
+    stats.empty += sum(1 for text in texts if not text)
+    return texts
+
+
+# --------------------------------------------------------------------------- sources and writing
+
+def _source_counts(table: NodeTable) -> Dict[str, int]:
+    sources = table.frame.loc[table.profile_mask(), "profile_source"].replace("", "(unknown)")
+    return {str(key): int(count) for key, count in sources.value_counts().sort_index().items()}
+
+
+def check_sources(inputs: ProfileInputs, source: str, force: bool) -> None:
+    """Refuse to mix sources: nodes profiled by another source need ``force``."""
+    if force:
+        return
+    foreign = {}
+    for kind, table in (("user", inputs.users), ("item", inputs.items)):
+        counts = {name: count for name, count in _source_counts(table).items() if name != source}
+        if counts:
+            foreign[kind] = counts
+    if foreign:
+        described = "; ".join(f"{sum(c.values())} {kind} profile(s) from " + ", ".join(
+            f"{name!r} ({count})" for name, count in c.items()) for kind, c in foreign.items())
+        raise InputError(f"The data set already has {described}, not from {source!r}; profiles are never mixed: "
+                         f"rerun with --force (force=True) to rewrite every profile from {source!r}")
+
+
+def nodes_to_write(table: NodeTable, force: bool) -> List[int]:
+    """Row positions to (re)write: every row when forced, else those with an empty profile."""
+    mask = np.ones(len(table.frame), dtype=bool) if force else ~table.profile_mask().to_numpy()
+    return np.flatnonzero(mask).tolist()
+
+
+def _set_profiles(table: NodeTable, rows: List[int], texts: List[str], source: str) -> None:
+    if not rows:
+        return
+    profile_at, source_at = table.frame.columns.get_loc("profile"), table.frame.columns.get_loc("profile_source")
+    table.frame.iloc[rows, profile_at] = texts
+    table.frame.iloc[rows, source_at] = [source if text else "" for text in texts]
+
+
+def _pair_source(user_source: str, item_source: str) -> str:
+    if user_source == item_source:
+        return user_source
+    return f"user:{user_source};item:{item_source}"
+
+
+def updated_explanation_table(table: pd.DataFrame, inputs: ProfileInputs) -> pd.DataFrame:
+    """The table with each pair's profiles and profile_source taken from the node files."""
+    def lookup(node: NodeTable, column: str) -> Dict[str, str]:
+        return dict(zip(node.frame[node.id_field], node.frame[column]))
+
+    users, items = lookup(inputs.users, "profile"), lookup(inputs.items, "profile")
+    user_sources, item_sources = lookup(inputs.users, "profile_source"), lookup(inputs.items, "profile_source")
+    table = table.copy()
+    table["user_profile"] = [users.get(user, "") for user in table["user_id"]]
+    table["item_profile"] = [items.get(item, "") for item in table["item_id"]]
+    table["profile_source"] = [_pair_source(user_sources.get(user, ""), item_sources.get(item, ""))
+                               for user, item in zip(table["user_id"], table["item_id"])]
+    return table
+
+
+def replace_files(writers: Sequence[Tuple[Path, Callable[[Path], None]]]) -> None:
+    """Write every file to a temporary file beside it, then move them all in place (old files kept on error)."""
+    staged: List[Tuple[Path, Path]] = []
+    try:
+        for path, write in writers:
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(handle)
+            staged.append((Path(temporary), path))
+            write(Path(temporary))
+            os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    for temporary, path in staged:
+        os.replace(temporary, path)
+
+
+def _node_writer(table: NodeTable) -> Tuple[Path, Callable[[Path], None]]:
+    return table.path, lambda target: write_atomic_file(target, table.frame, table.types)
+
+
+# --------------------------------------------------------------------------- the stage
+
+def _profile_texts(config, inputs: ProfileInputs, kind: str, tokens: List[str], method: str,
+                   generate: Optional[Callable[[List[str]], List[str]]]) -> List[str]:
+    """One profile per token; a user without history gets an empty one (nothing to summarise)."""
+    if method == "template":
+        write = template_user_profile if kind == "user" else template_item_profile
+        return [write(config, inputs, token) for token in tokens]
+    if kind == "item":
+        return generate([item_prompt(config, inputs, token) for token in tokens])
+    active = [token for token in tokens if inputs.history.items.get(token)]
+    replies = dict(zip(active, generate([user_prompt(config, inputs, token) for token in active])))
+    return [replies.get(token, "") for token in tokens]
+
+
+def _llm_generator(config, source: str, stats: LlmStats) -> Callable[[List[str]], List[str]]:
+    max_new_tokens = int(setting(config, "profile_max_new_tokens"))
+    cache = ReplyCache(_data_file(config, "profile_cache.jsonl"), source, max_new_tokens)
+    backend: List[object] = []
+
+    def make():
+        if not backend:
+            backend.append(make_backend(config))
+        return backend[0]
+
+    batch_size = max(int(setting(config, "profile_llm_batch_size")), 1)
+    return lambda prompts: generate_replies(prompts, make, cache, batch_size, stats)
+
+
+def _fill(config, inputs: ProfileInputs, method: str, source: str, force: bool,
+          generate: Optional[Callable]) -> Dict[str, Dict[str, int]]:
+    counts = {}
+    for kind, table in (("users", inputs.users), ("items", inputs.items)):
+        rows = nodes_to_write(table, force)
+        texts = _profile_texts(config, inputs, kind[:-1], table.frame[table.id_field].iloc[rows].tolist(), method,
+                               generate)
+        _set_profiles(table, rows, texts, source)
+        written = sum(1 for text in texts if text)
+        counts[kind] = {"nodes": len(table.frame), "written": written, "empty": len(texts) - written,
+                        "kept": len(table.frame) - len(rows)}
+    return counts
+
+
+def build_profiles(config, source: Optional[str] = None, force: bool = False) -> Dict[str, object]:
+    """Write user and item profiles into <data_path>/<dataset>.user/.item (and the explanation table when present).
+
+    ``source`` is ``template`` or ``llm`` (default: ``profile_method``). Without
+    ``force`` only nodes with an empty profile are written, and a node profiled
+    by another source is an error; with ``force`` every profile is rewritten.
+    Returns a report: per-kind counts, profiles per source, LLM calls, files.
+    """
+    method = source or setting(config, "profile_method") or "template"
+    if method not in SOURCES:
+        raise InputError(f"Unknown profile source {method!r}; known sources: {list(SOURCES)}")
+    inputs = load_inputs(config)
+    source_name = "template" if method == "template" else f"llm:{llm_model_name(config)}"
+    check_sources(inputs, source_name, force)
+    stats = LlmStats()
+    generate = _llm_generator(config, source_name, stats) if method == "llm" else None
+    counts = _fill(config, inputs, method, source_name, force, generate)
+    files = _write_outputs(config, inputs)
+    report = {"dataset": config["dataset"], "source": source_name, "force": bool(force), **counts,
+              "profile_sources": {"users": _source_counts(inputs.users), "items": _source_counts(inputs.items)},
+              "files": [str(path) for path in files]}
+    if method == "llm":
+        report["llm"] = vars(stats)
+    _log_report(report)
+    return report
+
+
+def _write_outputs(config, inputs: ProfileInputs) -> List[Path]:
+    writers = [_node_writer(inputs.users), _node_writer(inputs.items)]
+    table_path = explanation_table_path(Path(config["data_path"]), config["dataset"])
+    if table_path.is_file():
+        table = updated_explanation_table(read_explanation_table(table_path), inputs)
+        writers.append((table_path, lambda target: write_explanation_table(target, table)))
+    replace_files(writers)
+    return [path for path, _ in writers]
+
+
+def _log_report(report: Dict[str, object]) -> None:
+    for kind in ("users", "items"):
+        counts = report[kind]
+        logger.info("%s profiles (%s): %d written, %d empty, %d kept of %d; by source %s", kind[:-1],
+                    report["source"], counts["written"], counts["empty"], counts["kept"], counts["nodes"],
+                    report["profile_sources"][kind])
+    if "llm" in report:
+        logger.info("LLM replies: %(generated)d generated in %(calls)d calls, %(cached)d cached, %(empty)d empty",
+                    report["llm"])
+    logger.info("Wrote %s", ", ".join(report["files"]))
