@@ -70,7 +70,7 @@ def cmd_import_xrec(args: argparse.Namespace, overrides: List[str]) -> None:
     _no_overrides(overrides)
     init_seed(args.seed, True)
     report = import_xrec(Path(args.source), args.name, Path(args.out), seed=args.seed,
-                         split_ratios=args.split_ratios, split_by=args.split_by)
+                         split_ratios=args.split_ratios, split_by=args.split_by, resplit=args.resplit)
     _print_import_report(report, Path(args.out) / args.name)
 
 
@@ -113,6 +113,8 @@ def add_import_commands(commands) -> None:
     xrec.add_argument("--split_by", "--split-by", choices=["pair", "user"], default="pair",
                       help="split unit: each pair alone, or all pairs of a user together")
     xrec.add_argument("--seed", type=int, default=2020, help="seed of the explanation-pair split")
+    xrec.add_argument("--resplit", action="store_true",
+                      help="split pairs by seed even when trn.pkl/val.pkl give the published split")
     xrec.set_defaults(handler=cmd_import_xrec)
     amazon = sources.add_parser("amazon", help="Amazon review dumps (2014 or 2018; JSON lines, optionally gzip)")
     amazon.add_argument("--reviews", required=True, help="reviews file, e.g. reviews_Baby_5.json.gz")

@@ -234,3 +234,16 @@ def test_missing_inputs(tmp_path, dumps_2014):
     with pytest.raises(InputError, match="plain folder name"):
         import_amazon(*dumps_2014, name="../escape", out_root=tmp_path / "data")
     assert not (tmp_path / "data").exists()
+
+
+def test_cli_import_amazon_writes_the_data_set_and_reports_errors(tmp_path, dumps_2018, capsys):
+    from recbole_mmprefer.cli import main as mmprefer
+
+    reviews, meta = dumps_2018
+    assert mmprefer(["import", "amazon", "--reviews", str(reviews), "--meta", str(meta), "--name", "baby",
+                     "--out", str(tmp_path / "data")]) == 0
+    assert read_json(tmp_path / "data" / "baby" / "import_report.json")["counts"]["after_core"]["items"] == 5
+    assert "Wrote" in capsys.readouterr().out
+    assert mmprefer(["import", "amazon", "--reviews", str(tmp_path / "none.json"), "--meta", str(meta),
+                     "--name", "baby"]) == 2
+    assert "mmprefer import amazon: error" in capsys.readouterr().err

@@ -121,6 +121,24 @@ def test_splits_are_seeded_sized_and_independent_of_row_order():
         assign_splits(pairs, ratios=(0.8, 0.3, 0.1))
 
 
+def test_published_train_and_valid_files_give_the_split(tmp_path):
+    source = write_xrec_folder(tmp_path / "src")
+    columns = ["uid", "iid", "title", "user_summary", "item_summary", "explanation"]
+    pd.DataFrame([(1, 0, "Ulysses", "Likes long books.", "", "Because it is long.")], columns=columns).to_pickle(
+        source / "trn.pkl")
+    pd.DataFrame([(1, 3, "Hamlet", "", "Tragedy fans.", "Because of the ghost."), PAIRS[0]],
+                 columns=columns).to_pickle(source / "val.pkl")
+    report = import_xrec(source, "toy", tmp_path / "dataset")
+    table = read_explanation_table(explanation_table_path(tmp_path / "dataset" / "toy", "toy"))
+    assert table[["user_id", "item_id", "split"]].values.tolist() == [
+        ["1", "0", "train"], ["1", "3", "valid"], ["0", "1", "valid"], ["2", "4", "test"], ["3", "0", "test"]]
+    assert report["split"] == {"from": "published files"} and report["skipped"]["duplicate_pair"] == 1
+    # predictions belong to tst.pkl rows: (0, 1) now comes from val.pkl and gets none
+    assert [b.get("xrec") for b in table["baselines"]] == [None, None, None, "pred for 2-4", "pred for 3-0"]
+    report = import_xrec(source, "toy", tmp_path / "dataset", resplit=True, split_ratios=(0.6, 0.2, 0.2))
+    assert report["split"]["from"] == "seeded" and report["table"]["splits"] == {"train": 3, "valid": 1, "test": 1}
+
+
 def test_duplicate_pairs_and_empty_explanations_are_skipped_and_counted(tmp_path):
     source = write_xrec_folder(tmp_path / "src")
     rows = PAIRS + [PAIRS[0], (1, 3, "Hamlet", "Drama lover.", "Tragedy fans.", "   ")]

@@ -35,6 +35,7 @@ import pandas as pd
 
 from recbole_mmprefer.data.explanations import (
     assign_splits,
+    count_by,
     explanation_table_path,
     single_line,
     table_summary,
@@ -215,12 +216,23 @@ def clean_pairs(frame: pd.DataFrame, source: Path, n_users: int, n_items: int) -
         outside = frame[column].astype(np.int64) >= limit
         if outside.any():
             row = int(np.flatnonzero(outside.to_numpy())[0])
-            raise InputError(f"{source}, row {row + 1}: {column} {frame[column].iloc[row]} is outside the graph "
-                             f"({limit} nodes)")
+            raise InputError(f"{frame['file'].iloc[row]}, row {frame['row'].iloc[row]}: {column} "
+                             f"{frame[column].iloc[row]} is outside the graph ({limit} nodes)")
     duplicated = frame.duplicated(["uid", "iid"])
     empty = frame["explanation"].str.strip() == ""
     skipped = {"duplicate_pair": int(duplicated.sum()), "empty_explanation": int((empty & ~duplicated).sum())}
     return frame[~duplicated & ~empty].reset_index(drop=True), skipped
+
+
+def read_explained_pairs(source: Path) -> pd.DataFrame:
+    """The rows of trn.pkl, val.pkl (where released) and tst.pkl, with their file, row and published split."""
+    frames = []
+    for split, short in EDGE_SPLITS.items():
+        path = source / f"{short}.pkl"
+        if split == "test" or path.is_file():
+            frame = read_pair_frame(path)
+            frames.append(frame.assign(published_split=split, file=str(path), row=np.arange(1, len(frame) + 1)))
+    return pd.concat(frames, ignore_index=True)
 
 
 def node_texts(pairs: pd.DataFrame, id_column: str, fields: Sequence[str]) -> Tuple[pd.DataFrame, int]:
@@ -252,8 +264,9 @@ def align_predictions(source: Path, pairs: pd.DataFrame) -> Tuple[List[Optional[
     if len(predictions) != len(references):
         raise InputError(f"{pred_path} has {len(predictions)} entries but {ref_path} has {len(references)}")
     row_of = {}
-    for row, explanation in enumerate(pairs["explanation"]):
-        row_of.setdefault(explanation, []).append(row)
+    for row, (explanation, split) in enumerate(zip(pairs["explanation"], pairs["published_split"])):
+        if split == "test":  # tst_pred/tst_ref are XRec's outputs for tst.pkl
+            row_of.setdefault(explanation, []).append(row)
     unmatched = ambiguous = 0
     for prediction, reference in zip(predictions, references):
         rows = row_of.get(reference, [])
@@ -267,21 +280,28 @@ def align_predictions(source: Path, pairs: pd.DataFrame) -> Tuple[List[Optional[
 
 
 def import_xrec(source: Path, name: str, out_root: Path, seed: int = 2020,
-                split_ratios: Sequence[float] = (0.8, 0.1, 0.1), split_by: str = "pair") -> Dict[str, object]:
-    """Import an XRec-layout folder into ``out_root/name/``; returns the import report."""
+                split_ratios: Sequence[float] = (0.8, 0.1, 0.1), split_by: str = "pair",
+                resplit: bool = False) -> Dict[str, object]:
+    """Import an XRec-layout folder into ``out_root/name/``; returns the import report.
+
+    Explained pairs keep the split of the file they come from when ``trn.pkl``
+    or ``val.pkl`` is present (unless ``resplit``); otherwise they get the
+    seeded ``split_ratios`` split of :func:`assign_splits`.
+    """
     source = Path(source)
     if not source.is_dir():
         raise MissingInputError(f"XRec data folder {source} not found")
     edges, n_users, n_items, edge_files = read_graph(source)
-    pair_path = source / "tst.pkl"
-    raw_pairs = read_pair_frame(pair_path)
-    pairs, skipped = clean_pairs(raw_pairs, pair_path, n_users, n_items)
+    raw_pairs = read_explained_pairs(source)
+    pairs, skipped = clean_pairs(raw_pairs, source, n_users, n_items)
     if pairs.empty:
-        raise InputError(f"{pair_path}: no usable explanation rows ({skipped})")
+        raise InputError(f"{source}: no usable explanation rows ({skipped})")
     combined, edge_skipped = combine_edges(edges)
     skipped.update(edge_skipped)
     predictions, prediction_report = align_predictions(source, pairs)
-    table = explanation_table(pairs, predictions, seed, split_ratios, split_by)
+    published = not resplit and set(pairs["published_split"]) != {"test"}
+    table = explanation_table(pairs, predictions)
+    table["split"] = pairs["published_split"] if published else assign_splits(table, split_ratios, seed, split_by)
     users, user_conflicts = node_texts(pairs, "uid", ["user_summary"])
     items, item_conflicts = node_texts(pairs, "iid", ["title", "item_summary"])
     train_edges = set(zip(edges["train"]["user"].tolist(), edges["train"]["item"].tolist()))
@@ -292,15 +312,26 @@ def import_xrec(source: Path, name: str, out_root: Path, seed: int = 2020,
         "users": n_users, "items": n_items,
         "edges": {split: int((combined["split"] == split).sum()) for split in EDGE_SPLITS},
         "edges_with_time": int(combined["timestamp"].notna().sum()),
-        "pair_rows_read": len(raw_pairs), "skipped": skipped,
+        "pair_rows_read": count_by(raw_pairs["published_split"]), "skipped": skipped,
         "pairs_in_train_graph": int(sum((u, i) in train_edges for u, i in zip(pairs["uid"], pairs["iid"]))),
         "profile_conflicts": {"user": user_conflicts, "item": item_conflicts},
         "users_with_profile": int((users["user_summary"] != "").sum()),
         "items_with_profile": int((items["item_summary"] != "").sum()),
-        "split": {"seed": seed, "ratios": list(split_ratios), "by": split_by},
+        "split": {"from": "published files"} if published else {
+            "from": "seeded", "seed": seed, "ratios": list(split_ratios), "by": split_by},
         "table": table_summary(table), **prediction_report,
     }
-    out_dir = Path(out_root) / name
+    write_output(Path(out_root) / name, name, combined, users, items, table, report)
+    logger.info("Imported %s: %d users, %d items, %d train edges, %d explanation pairs (%d with XRec predictions) "
+                "into %s", source, n_users, n_items, report["edges"]["train"], len(table),
+                report.get("predictions_aligned", 0), Path(out_root) / name)
+    return report
+
+
+def write_output(out_dir: Path, name: str, combined: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
+                 table: pd.DataFrame, report: Dict[str, object]) -> None:
+    """All files of the imported data set, or none of them."""
+    n_users, n_items = report["users"], report["items"]
     with atomic_directory(out_dir) as staging:
         write_interactions(staging / f"{name}.inter", combined)
         write_nodes(staging / f"{name}.user", "user_id", n_users, users.rename(columns={"user_summary": "profile"}))
@@ -308,14 +339,9 @@ def import_xrec(source: Path, name: str, out_root: Path, seed: int = 2020,
                     items.rename(columns={"item_summary": "profile"}), extra_fields={"title": "token_seq"})
         write_explanation_table(explanation_table_path(staging, name), table)
         write_json(staging / "import_report.json", report)
-    logger.info("Imported %s: %d users, %d items, %d train edges, %d explanation pairs (%d with XRec predictions) "
-                "into %s", source, n_users, n_items, report["edges"]["train"], len(table),
-                report.get("predictions_aligned", 0), out_dir)
-    return report
 
 
-def explanation_table(pairs: pd.DataFrame, predictions: List[Optional[str]], seed: int,
-                      split_ratios: Sequence[float], split_by: str) -> pd.DataFrame:
+def explanation_table(pairs: pd.DataFrame, predictions: List[Optional[str]]) -> pd.DataFrame:
     table = pd.DataFrame({
         "user_id": pairs["uid"].astype(np.int64).astype(str), "item_id": pairs["iid"].astype(np.int64).astype(str),
         "title": pairs["title"], "user_profile": pairs["user_summary"], "item_profile": pairs["item_summary"],
@@ -323,7 +349,6 @@ def explanation_table(pairs: pd.DataFrame, predictions: List[Optional[str]], see
     })
     has_profiles = (table["user_profile"].str.strip() != "") | (table["item_profile"].str.strip() != "")
     table["profile_source"] = np.where(has_profiles, PROFILE_SOURCE, "")
-    table["split"] = assign_splits(table, split_ratios, seed, split_by)
     table["baselines"] = [{"xrec": p} if p is not None else {} for p in predictions]
     return table
 

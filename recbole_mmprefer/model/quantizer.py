@@ -237,7 +237,8 @@ def train_joint_rqvae(features: Mapping[str, np.ndarray], settings: QuantizerSet
     n_items = sizes.pop()
     history = []
     epochs = tqdm(range(settings.epochs), desc="training RQ-VAE", unit="epoch", disable=not show_progress)
-    for _ in epochs:
+    log_every = max(settings.epochs // 10, 1)
+    for epoch in epochs:
         order = torch.randperm(n_items, generator=generator)
         epoch_loss = 0.0
         for start in range(0, n_items, settings.batch_size):
@@ -253,6 +254,8 @@ def train_joint_rqvae(features: Mapping[str, np.ndarray], settings: QuantizerSet
                     model.rqvae[m].quantizer.reset_dead_codes(model.rqvae[m].encoder(t), generator)
         history.append(epoch_loss)
         epochs.set_postfix(loss=f"{epoch_loss:.4f}")
+        if not show_progress and (epoch + 1) % log_every == 0:
+            logger.info("RQ-VAE epoch %d/%d: loss %.4f", epoch + 1, settings.epochs, epoch_loss)
     return model, history
 
 
