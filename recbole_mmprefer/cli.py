@@ -132,11 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmprefer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def stage(name: str, help_text: str) -> argparse.ArgumentParser:
+    def stage(name: str, help_text: str,
+              force_help: str = "rebuild even when the outputs are up to date") -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--dataset", "-d", required=True, help="data set name (ml-100k is bundled)")
         sub.add_argument("--config_files", default=None, help="space-separated YAML config files")
-        sub.add_argument("--force", action="store_true", help="rebuild even when the outputs are up to date")
+        sub.add_argument("--force", action="store_true", help=force_help)
         return sub
 
     features = stage("features", "Encode item modality features into <run_dir>/features/<modality>/")
@@ -145,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(handler=cmd_features)
     quantize = stage("quantize", "Train the joint RQ-VAE and write semantic IDs to <run_dir>/quantizer/")
     quantize.set_defaults(handler=cmd_quantize)
-    profiles = stage("profiles", "Write user and item profiles into the data set's .user/.item files "
-                     "(and its explanation table)")
+    profiles = stage("profiles", "Write user and item profiles to <run_dir>/profiles/ (copies of the data set's "
+                     ".user/.item and explanation table with profiles filled)",
+                     force_help="rewrite every profile from the chosen source, also those the data set has "
+                     "from another source")
     profiles.add_argument("--source", choices=["template", "llm"], default=None,
                           help="who writes the profiles (default: the config's profile_method)")
     profiles.set_defaults(handler=cmd_profiles)

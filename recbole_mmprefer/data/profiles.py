@@ -11,14 +11,17 @@ two sources:
   genres: ... Latest items: ... Mean rating: 3.80."`` for a user;
 - ``llm``: a local Hugging Face causal LM (``profile_llm_path``) or an
   OpenAI-compatible endpoint (``profile_api_base``) asked to summarise the
-  same material; replies are cached in ``<name>.profile_cache.jsonl`` so a
-  rerun generates nothing twice.
+  same material; replies are cached in ``<run_dir>/profile_cache.jsonl`` so
+  a rerun generates nothing twice.
 
-Profiles land in the ``profile`` / ``profile_source`` fields of
-``<name>.user`` and ``<name>.item`` (every other column kept, header types
-included) and in ``<name>.expl.jsonl`` when the data set has one. Sources are
-never mixed silently: a node profiled by another source stops the stage
-unless it is forced to rewrite everything.
+The data set's files are only read (the bundled ml-100k lives inside the
+installed RecBole). The stage writes ``<run_dir>/profiles/``: copies of
+``<name>.user`` and ``<name>.item`` with the ``profile`` / ``profile_source``
+fields filled (every other column kept, header types included), of
+``<name>.expl.jsonl`` when the data set has one, and ``report.json``; later
+stages read node profiles from there (:func:`node_profile_folder`). Sources
+are never mixed silently: a node profiled by another source in the data set
+stops the stage unless it is forced to rewrite everything.
 
 Optional reviews come from ``<name>.reviews.jsonl``: one JSON object per line
 with ``user_id``, ``item_id``, the text under ``review`` (or ``text`` /
@@ -33,7 +36,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -57,6 +59,7 @@ from recbole_mmprefer.data.explanations import (
 )
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.resources import properties_dir
+from recbole_mmprefer.utils import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,8 @@ TEXT_TYPES = ("token", "token_seq")
 GROUP_FIELD_CANDIDATES = ("class", "genre", "genres", "category", "categories")
 FIELD_DEFAULTS = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "RATING_FIELD": "rating",
                   "TIME_FIELD": "timestamp"}
-REVIEW_TEXT_KEYS = ("review", "text", "reviewText")
+REVIEW_TEXT_KEYS = ("review", "text", "reviewText", "summary")  # the first non-empty one is the review's text
+MEDIA_FIELD_HINTS = ("image", "url", "path")  # fields left out of the default item fields
 RETRY_HTTP_CODES = (408, 429, 500, 502, 503, 504)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
@@ -89,6 +93,25 @@ def setting(config, key: str):
 
 def _data_file(config, suffix: str) -> Path:
     return Path(config["data_path"]) / f"{config['dataset']}.{suffix}"
+
+
+def _run_root(config) -> Path:
+    """``run_dir``, or ``<checkpoint_dir>/<dataset>`` (also for a plain dict config)."""
+    run_dir = config["run_dir"] if "run_dir" in config else None
+    if run_dir:
+        return Path(run_dir)
+    checkpoint_dir = config["checkpoint_dir"] if "checkpoint_dir" in config else None
+    return Path(checkpoint_dir or "saved") / config["dataset"]
+
+
+def profiles_dir(config) -> Path:
+    return _run_root(config) / "profiles"
+
+
+def node_profile_folder(config) -> Path:
+    """Where the node profiles of this run live: the profiles stage's folder once it ran, else the data set."""
+    folder = profiles_dir(config)
+    return folder if (folder / "report.json").is_file() else Path(config["data_path"])
 
 
 # --------------------------------------------------------------------------- inputs
@@ -208,9 +231,10 @@ def _review_record(path: Path, number: int, line: str) -> Tuple[float, str, str,
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-    text = next((record[key] for key in REVIEW_TEXT_KEYS if isinstance(record.get(key), str)), None)
-    if "user_id" not in record or "item_id" not in record or text is None:
+    texts = [record[key] for key in REVIEW_TEXT_KEYS if isinstance(record.get(key), str)]
+    if "user_id" not in record or "item_id" not in record or not texts:
         raise InputError(f"{path}, line {number}: a review needs user_id, item_id and one of {list(REVIEW_TEXT_KEYS)}")
+    text = next((text for text in texts if text.strip()), "")
     try:
         stamp = float(record.get("timestamp", 0) or 0)
     except (TypeError, ValueError):
@@ -218,11 +242,15 @@ def _review_record(path: Path, number: int, line: str) -> Tuple[float, str, str,
     return stamp, str(record["user_id"]), str(record["item_id"]), text
 
 
-def review_summary(text: str, max_words: int) -> str:
-    """A review's first sentence, at most ``max_words`` words (``...`` marks a cut)."""
-    sentence = _SENTENCE_END.split(single_line(text), maxsplit=1)[0]
-    words = sentence.split()
+def clip_words(text: str, max_words: int) -> str:
+    """At most ``max_words`` words of ``text`` (`` ...`` marks a cut)."""
+    words = text.split()
     return " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+
+
+def review_summary(text: str, max_words: int) -> str:
+    """A review's first sentence, at most ``max_words`` words."""
+    return clip_words(_SENTENCE_END.split(single_line(text), maxsplit=1)[0], max_words)
 
 
 # --------------------------------------------------------------------------- item fields
@@ -234,6 +262,7 @@ class ItemFields:
     fields: List[str]
     group: Optional[str]
     labels: Dict[str, str]
+    max_words: int
 
     @property
     def title(self) -> str:
@@ -242,6 +271,15 @@ class ItemFields:
     def label(self, name: str) -> str:
         return self.labels.get(name) or name.replace("_", " ").capitalize()
 
+    def brief(self) -> "ItemFields":
+        """Only the title, year and group fields: how an item is named in a user's history."""
+        kept = [self.title] + [name for name in self.fields[1:] if _is_year(name) or name == self.group]
+        return ItemFields(kept, self.group, self.labels, self.max_words)
+
+
+def _is_year(name: str) -> bool:
+    return "year" in name.lower()
+
 
 def resolve_item_fields(config, items: NodeTable) -> ItemFields:
     """The configured item fields and group field, checked against the ``.item`` header."""
@@ -249,7 +287,8 @@ def resolve_item_fields(config, items: NodeTable) -> ItemFields:
     configured = setting(config, "profile_item_fields")
     fields = list(configured) if configured else [
         name for name, kind in items.types.items()
-        if name != items.id_field and name not in PROFILE_TYPES and kind in TEXT_TYPES]
+        if name != items.id_field and name not in PROFILE_TYPES and kind in TEXT_TYPES
+        and not any(hint in name.lower() for hint in MEDIA_FIELD_HINTS)]
     group = setting(config, "profile_user_group_field")
     for name in fields + ([group] if group else []):
         if name not in available:
@@ -258,7 +297,8 @@ def resolve_item_fields(config, items: NodeTable) -> ItemFields:
         raise InputError(f"{items.path} has no text field for item profiles; set profile_item_fields")
     if not group:
         group = next((name for name in GROUP_FIELD_CANDIDATES if name in available), None)
-    return ItemFields(fields, group, dict(setting(config, "profile_field_labels") or {}))
+    labels = dict(setting(config, "profile_field_labels") or {})
+    return ItemFields(fields, group, labels, int(setting(config, "profile_max_field_words")))
 
 
 def split_values(value: str) -> List[str]:
@@ -278,15 +318,19 @@ def _quoted(texts: Sequence[str]) -> str:
 
 
 def item_description(row: Dict[str, str], spec: ItemFields) -> str:
-    """``"Title (year). Label: values."`` from the item fields; fields with "year" in their name go in brackets."""
+    """``"Title (year). Label: values."`` from the item fields; fields with "year" in their name go in brackets.
+
+    The group field's values are listed with commas; other values keep at most ``spec.max_words`` words.
+    """
     others = spec.fields[1:]
-    years = [row[name].strip() for name in others if "year" in name.lower() and row[name].strip()]
-    head = " ".join([row[spec.title].strip()] + [f"({year})" for year in years]).strip()
+    years = [row[name].strip() for name in others if _is_year(name) and row[name].strip()]
+    title = clip_words(row[spec.title], spec.max_words)
+    head = " ".join([title] + [f"({year})" for year in years]).strip()
     sentences = [head] if head else []
     for name in others:
         value = row[name].strip()
-        if value and "year" not in name.lower():
-            text = ", ".join(split_values(value)) if name == spec.group else value
+        if value and not _is_year(name):
+            text = ", ".join(split_values(value)) if name == spec.group else clip_words(value, spec.max_words)
             sentences.append(f"{spec.label(name)}: {text}")
     return " ".join(_sentence(sentence) for sentence in sentences)
 
@@ -301,6 +345,7 @@ class ProfileInputs:
     reviews: Reviews
     spec: ItemFields
     descriptions: Dict[str, str]  # item token -> item_description
+    brief: Dict[str, str]  # item token -> title, year and group values only
     titles: Dict[str, str]
     groups: Dict[str, List[str]]
 
@@ -315,10 +360,11 @@ def load_inputs(config) -> ProfileInputs:
     users = read_user_table(_data_file(config, "user"), setting(config, "USER_ID_FIELD"), list(history.items))
     spec = resolve_item_fields(config, items)
     rows = items.frame.to_dict(orient="records")
-    tokens = items.frame[items.id_field].tolist()
+    tokens, brief = items.frame[items.id_field].tolist(), spec.brief()
     return ProfileInputs(
         items=items, users=users, history=history, reviews=read_reviews(_data_file(config, "reviews.jsonl")),
         spec=spec, descriptions={token: item_description(row, spec) for token, row in zip(tokens, rows)},
+        brief={token: item_description(row, brief) for token, row in zip(tokens, rows)},
         titles={token: row[spec.title].strip() or token for token, row in zip(tokens, rows)},
         groups={token: split_values(row[spec.group]) if spec.group else [] for token, row in zip(tokens, rows)})
 
@@ -346,8 +392,9 @@ def template_user_profile(config, inputs: ProfileInputs, user: str) -> str:
     if top:
         label = inputs.spec.label(inputs.spec.group).lower()
         sentences.append(f"Most frequent {label}: " + ", ".join(f"{value} ({count})" for value, count in top))
-    latest = items[-int(setting(config, "profile_history_length")):][::-1]
-    if latest and int(setting(config, "profile_history_length")) > 0:
+    length = int(setting(config, "profile_history_length"))
+    latest = items[-length:][::-1] if length > 0 else []
+    if latest:
         sentences.append("Latest items: " + "; ".join(inputs.titles.get(item, item) for item in latest))
     ratings = inputs.history.ratings.get(user, []) if inputs.history.ratings is not None else []
     if ratings:
@@ -387,7 +434,7 @@ def user_prompt(config, inputs: ProfileInputs, user: str) -> str:
     lines = []
     for position in range(start, len(items)):
         item = items[position]
-        text = inputs.descriptions.get(item) or _sentence(item)
+        text = inputs.brief.get(item) or _sentence(item)
         lines.append(f"- {text}" + (f" Rated {rated[position]:g}." if rated is not None else ""))
     reviews = inputs.reviews.by_user.get(user, [])[-int(setting(config, "profile_review_count")):]
     summaries = [(item, review_summary(text, int(setting(config, "profile_review_words")))) for item, text in reviews]
@@ -554,13 +601,13 @@ class LlmStats:
 
 
 def generate_replies(prompts: Sequence[str], make: Callable[[], object], cache: ReplyCache,
-                     batch_size: int, stats: LlmStats) -> List[str]:
+                     batch_size: int, stats: LlmStats, description: str = "LLM profiles") -> List[str]:
     """One reply per prompt: cached ones reused, the rest generated in batches; an empty reply is retried once."""
     replies = [cache.get(prompt) for prompt in prompts]
     todo = [index for index, reply in enumerate(replies) if reply is None]
     stats.cached += len(prompts) - len(todo)
     backend = make() if todo else None
-    with tqdm(total=len(todo), desc="LLM profiles", unit="node", disable=not todo) as bar:
+    with tqdm(total=len(todo), desc=description, unit="node", disable=not todo) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             texts = _generate_with_retry(backend, [prompts[index] for index in batch], stats)
@@ -644,46 +691,31 @@ def updated_explanation_table(table: pd.DataFrame, inputs: ProfileInputs) -> pd.
     return table
 
 
-def replace_files(writers: Sequence[Tuple[Path, Callable[[Path], None]]]) -> None:
-    """Write every file to a temporary file beside it, then move them all in place (old files kept on error)."""
-    staged: List[Tuple[Path, Path]] = []
-    try:
-        for path, write in writers:
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(handle)
-            staged.append((Path(temporary), path))
-            write(Path(temporary))
-            os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-    except BaseException:
-        for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
-        raise
-    for temporary, path in staged:
-        os.replace(temporary, path)
-
-
-def _node_writer(table: NodeTable) -> Tuple[Path, Callable[[Path], None]]:
-    return table.path, lambda target: write_atomic_file(target, table.frame, table.types)
+def _node_writer(table: NodeTable) -> Tuple[str, Callable[[Path], None]]:
+    return table.path.name, lambda target: write_atomic_file(target, table.frame, table.types)
 
 
 # --------------------------------------------------------------------------- the stage
 
 def _profile_texts(config, inputs: ProfileInputs, kind: str, tokens: List[str], method: str,
-                   generate: Optional[Callable[[List[str]], List[str]]]) -> List[str]:
+                   generate: Optional[Callable[[List[str], str], List[str]]]) -> List[str]:
     """One profile per token; a user without history gets an empty one (nothing to summarise)."""
     if method == "template":
         write = template_user_profile if kind == "user" else template_item_profile
         return [write(config, inputs, token) for token in tokens]
     if kind == "item":
-        return generate([item_prompt(config, inputs, token) for token in tokens])
+        return generate([item_prompt(config, inputs, token) for token in tokens], "LLM item profiles")
     active = [token for token in tokens if inputs.history.items.get(token)]
-    replies = dict(zip(active, generate([user_prompt(config, inputs, token) for token in active])))
+    prompts = [user_prompt(config, inputs, token) for token in active]
+    replies = dict(zip(active, generate(prompts, "LLM user profiles")))
     return [replies.get(token, "") for token in tokens]
 
 
-def _llm_generator(config, source: str, stats: LlmStats) -> Callable[[List[str]], List[str]]:
+def _llm_generator(config, source: str, stats: LlmStats) -> Callable[[List[str], str], List[str]]:
     max_new_tokens = int(setting(config, "profile_max_new_tokens"))
-    cache = ReplyCache(_data_file(config, "profile_cache.jsonl"), source, max_new_tokens)
+    cache_path = _run_root(config) / "profile_cache.jsonl"
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = ReplyCache(cache_path, source, max_new_tokens)
     backend: List[object] = []
 
     def make():
@@ -692,7 +724,7 @@ def _llm_generator(config, source: str, stats: LlmStats) -> Callable[[List[str]]
         return backend[0]
 
     batch_size = max(int(setting(config, "profile_llm_batch_size")), 1)
-    return lambda prompts: generate_replies(prompts, make, cache, batch_size, stats)
+    return lambda prompts, description: generate_replies(prompts, make, cache, batch_size, stats, description)
 
 
 def _fill(config, inputs: ProfileInputs, method: str, source: str, force: bool,
@@ -710,12 +742,13 @@ def _fill(config, inputs: ProfileInputs, method: str, source: str, force: bool,
 
 
 def build_profiles(config, source: Optional[str] = None, force: bool = False) -> Dict[str, object]:
-    """Write user and item profiles into <data_path>/<dataset>.user/.item (and the explanation table when present).
+    """Write the data set's user and item profiles to ``<run_dir>/profiles/``; returns a report.
 
     ``source`` is ``template`` or ``llm`` (default: ``profile_method``). Without
-    ``force`` only nodes with an empty profile are written, and a node profiled
-    by another source is an error; with ``force`` every profile is rewritten.
-    Returns a report: per-kind counts, profiles per source, LLM calls, files.
+    ``force`` only nodes with an empty profile in the data set are written, and
+    a node profiled there by another source is an error; with ``force`` every
+    profile is rewritten. The report has per-kind counts, profiles per source,
+    LLM calls and the files written.
     """
     method = source or setting(config, "profile_method") or "template"
     if method not in SOURCES:
@@ -726,24 +759,28 @@ def build_profiles(config, source: Optional[str] = None, force: bool = False) ->
     stats = LlmStats()
     generate = _llm_generator(config, source_name, stats) if method == "llm" else None
     counts = _fill(config, inputs, method, source_name, force, generate)
-    files = _write_outputs(config, inputs)
     report = {"dataset": config["dataset"], "source": source_name, "force": bool(force), **counts,
-              "profile_sources": {"users": _source_counts(inputs.users), "items": _source_counts(inputs.items)},
-              "files": [str(path) for path in files]}
+              "profile_sources": {"users": _source_counts(inputs.users), "items": _source_counts(inputs.items)}}
     if method == "llm":
         report["llm"] = vars(stats)
+    report["files"] = [str(path) for path in _write_outputs(config, inputs, report)]
     _log_report(report)
     return report
 
 
-def _write_outputs(config, inputs: ProfileInputs) -> List[Path]:
+def _write_outputs(config, inputs: ProfileInputs, report: Dict[str, object]) -> List[Path]:
+    """The profiled node files (and explanation table) in ``profiles_dir``, all or none of them."""
     writers = [_node_writer(inputs.users), _node_writer(inputs.items)]
     table_path = explanation_table_path(Path(config["data_path"]), config["dataset"])
     if table_path.is_file():
         table = updated_explanation_table(read_explanation_table(table_path), inputs)
-        writers.append((table_path, lambda target: write_explanation_table(target, table)))
-    replace_files(writers)
-    return [path for path, _ in writers]
+        writers.append((table_path.name, lambda target: write_explanation_table(target, table)))
+    out_dir = profiles_dir(config)
+    with atomic_directory(out_dir) as staging:
+        for name, write in writers:
+            write(staging / name)
+        write_json(staging / "report.json", report)
+    return [out_dir / name for name, _ in writers]
 
 
 def _log_report(report: Dict[str, object]) -> None:
