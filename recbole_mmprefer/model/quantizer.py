@@ -43,6 +43,8 @@ from recbole_mmprefer.utils import (
 
 logger = logging.getLogger(__name__)
 
+KMEANS_INIT_POINTS = 8192  # most residuals a codebook's k-means initialisation is fitted on
+
 
 @dataclass
 class QuantizerSettings:
@@ -136,13 +138,15 @@ class ResidualQuantizer(nn.Module):
             size = self.codebooks.shape[1]
             points = residual.cpu().numpy()
             clusters = min(size, len(np.unique(points.round(6), axis=0)))
-            kmeans = KMeans(n_clusters=clusters, n_init=1, random_state=seed).fit(points)
+            # k-means++ seeding costs O(points x codes); a seeded sample is as good a start
+            sample = np.random.default_rng(seed + level).permutation(len(points))[:KMEANS_INIT_POINTS]
+            kmeans = KMeans(n_clusters=clusters, n_init=1, random_state=seed).fit(points[np.sort(sample)])
             centroids = torch.as_tensor(kmeans.cluster_centers_, dtype=latent.dtype)
             if clusters < size:  # fewer distinct points than codes: jittered copies of live points
                 extra = residual[torch.randint(len(residual), (size - clusters,), generator=generator)]
                 centroids = torch.cat([centroids, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
             self.codebooks[level].copy_(centroids)
-            residual = residual - centroids[torch.as_tensor(kmeans.labels_)]
+            residual = residual - centroids[torch.as_tensor(kmeans.predict(points))]
 
     @torch.no_grad()
     def reset_dead_codes(self, latent: torch.Tensor, generator: torch.Generator) -> int:
