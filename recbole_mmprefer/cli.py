@@ -102,6 +102,15 @@ def cmd_profiles(args: argparse.Namespace, overrides: List[str]) -> None:
     getLogger().info("profiles: %s", json.dumps(report, default=str))
 
 
+def cmd_paths(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.retrieval.collect import collect_paths
+
+    config = stage_config(args, overrides)
+    out_dir = collect_paths(config, split=args.pairs, pairs_file=Path(args.pairs_file) if args.pairs_file else None,
+                            force=args.force)
+    getLogger().info("paths: %s", out_dir / "paths.jsonl")
+
+
 def add_import_commands(commands) -> None:
     importer = commands.add_parser("import", help="Import a public data set into RecBole atomic files "
                                    "plus the explanation table", description="Import a public data set")
@@ -153,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     profiles.add_argument("--source", choices=["template", "llm"], default=None,
                           help="who writes the profiles (default: the config's profile_method)")
     profiles.set_defaults(handler=cmd_profiles)
+    paths = stage("paths", "Collect the top-k retrieval paths of each pair into <run_dir>/paths/paths.jsonl",
+                  force_help="recompute every pair, also those a previous run finished")
+    paths.add_argument("--pairs", choices=["train", "valid", "test"], default=None,
+                       help="explanation-table split to collect (default: path_pairs_split, else all pairs)")
+    paths.add_argument("--pairs_file", "--pairs-file", default=None,
+                       help="a user_id<TAB>item_id file of pairs, instead of the explanation table")
+    paths.set_defaults(handler=cmd_paths)
     add_import_commands(commands)
     return parser
 
