@@ -40,6 +40,13 @@ class InteractionGraph:
         self.user_index: Dict[str, int] = {token: n for n, token in enumerate(self.user_tokens)}
         self.item_index: Dict[str, int] = {token: n for n, token in enumerate(self.item_tokens)}
         self._check_shapes()
+        self._local_ids: Optional[np.ndarray] = None
+
+    def local_ids(self) -> np.ndarray:
+        """A reusable node -> local id array, all -1 between uses (allocated once per graph, not per pair)."""
+        if self._local_ids is None:
+            self._local_ids = np.full(self.num_nodes, -1, dtype=np.int64)
+        return self._local_ids
 
     def _check_shapes(self) -> None:
         if len(self.user_index) != len(self.user_tokens) or len(self.item_index) != len(self.item_tokens):
@@ -235,12 +242,6 @@ class Subgraph:
             raise KeyError(node)
         return position
 
-    def adjacency(self) -> List[List[int]]:
-        """Local neighbour lists (ascending) as Python lists, for the path search's inner loops."""
-        indices = self.indices.tolist()
-        bounds = self.indptr.tolist()
-        return [indices[bounds[n]:bounds[n + 1]] for n in range(self.num_nodes)]
-
 
 def hop_neighbourhood(graph: InteractionGraph, sources: Sequence[int], hops: int,
                       max_nodes: Optional[int] = None) -> Optional[np.ndarray]:
@@ -262,10 +263,15 @@ def induced_subgraph(graph: InteractionGraph, nodes: np.ndarray,
                      removed_edge: Optional[Tuple[int, int]] = None) -> Subgraph:
     """The subgraph on sorted ``nodes`` with all their edges among themselves, minus ``removed_edge``."""
     sources, neighbours = gather_neighbours(graph.indptr, graph.indices, nodes)
-    positions = np.minimum(np.searchsorted(nodes, neighbours), len(nodes) - 1)
-    inside = nodes[positions] == neighbours
-    local_sources = np.searchsorted(nodes, sources[inside])
-    local_targets = positions[inside]
+    local = graph.local_ids()
+    local[nodes] = np.arange(len(nodes))
+    try:
+        positions = local[neighbours]
+        local_sources = local[sources]
+    finally:
+        local[nodes] = -1
+    inside = positions >= 0
+    local_sources, local_targets = local_sources[inside], positions[inside]
     if removed_edge is not None:
         first, second = (int(np.searchsorted(nodes, end)) for end in removed_edge)
         direct = ((local_sources == first) & (local_targets == second)) | (

@@ -18,8 +18,9 @@ the same paths tie in every implementation.
 Order of paths (the tie-break rule): by total cost, then equal costs by the
 lexicographically smaller sequence of global node ids. The search returns the
 k first paths of exactly this order: Yen's algorithm, whose spur searches are a
-Dijkstra run backwards from i (binary heap) followed by a walk from the spur
-node that always takes the smallest-id neighbour still on a cheapest path.
+Dijkstra run backwards from i (scipy's, over the subgraph's CSR arrays)
+followed by a walk from the spur node that always takes the smallest-id
+neighbour still on a cheapest path.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -205,115 +206,124 @@ def find_paths(graph: InteractionGraph, user_token: str, item_token: str,
         return result
     result.subgraph_nodes, result.subgraph_edges = subgraph.num_nodes, subgraph.num_edges
     costs = to_fixed_point(node_costs(graph, subgraph, user_node, item_node, weight, user_vectors, item_vectors))
-    found = k_cheapest_paths(subgraph.adjacency(), costs.tolist(), subgraph.local(user_node),
-                             subgraph.local(item_node), k)
+    found = k_cheapest_paths(subgraph, costs, subgraph.local(user_node), subgraph.local(item_node), k)
     result.paths = [make_path(graph, tuple(subgraph.nodes[list(local)]), cost) for cost, local in found]
     result.status = OK if result.paths else NO_PATH
     return result
 
 
-def k_cheapest_paths(adjacency: List[List[int]], costs: List[int], source: int, target: int,
+def k_cheapest_paths(subgraph: Subgraph, costs: np.ndarray, source: int, target: int,
                      k: int) -> List[Tuple[int, Tuple[int, ...]]]:
-    """Yen's algorithm: the first k loopless paths in (cost, node sequence) order, as (cost, nodes).
+    """Yen's algorithm: the first k loopless paths in (cost, node sequence) order, as (cost, local nodes).
 
-    ``costs[n]`` is the integer cost of entering n; neighbour lists are ascending.
+    ``costs[n]`` is the integer cost of entering local node n; neighbour lists are ascending.
     """
-    first = spur_path(adjacency, costs, source, target, frozenset(), frozenset())
+    search = SpurSearch(subgraph, costs, target)
+    first = search.path(source, (), (), search.three_hop_bound(source))
     if first is None:
         return []
     found = [first]
     candidates: List[Tuple[int, Tuple[int, ...]]] = []
     seen = {first[1]}
     while len(found) < k:
-        for candidate in deviations(adjacency, costs, found, target):
-            if candidate[1] not in seen:
-                seen.add(candidate[1])
-                heapq.heappush(candidates, candidate)
+        add_deviations(search, found, candidates, seen, needed=k - len(found))
         if not candidates:
             break
         found.append(heapq.heappop(candidates))
     return found
 
 
-def deviations(adjacency: List[List[int]], costs: List[int], found: List[Tuple[int, Tuple[int, ...]]],
-               target: int) -> List[Tuple[int, Tuple[int, ...]]]:
-    """Yen's candidates from the last found path: for each spur node, the best path leaving its root anew."""
+def add_deviations(search: "SpurSearch", found: List[Tuple[int, Tuple[int, ...]]],
+                   candidates: List[Tuple[int, Tuple[int, ...]]], seen: set, needed: int) -> None:
+    """Push Yen's candidates from the last found path: for each spur node, the best path leaving its root anew.
+
+    Once ``needed`` candidates are known, a spur search stops at the cost of the
+    ``needed``-th cheapest (ties included): a dearer path could never be chosen.
+    """
     _, last = found[-1]
-    candidates = []
     root_cost = 0
     for position in range(len(last) - 1):
         root = last[:position + 1]
         if position > 0:
-            root_cost += costs[root[-1]]
-        used_steps = frozenset(path[position + 1] for _, path in found if path[:position + 1] == root)
-        spur = spur_path(adjacency, costs, root[-1], target, frozenset(root[:-1]), used_steps)
-        if spur is not None:
-            candidates.append((root_cost + spur[0], root[:-1] + spur[1]))
-    return candidates
-
-
-def spur_path(adjacency: List[List[int]], costs: List[int], source: int, target: int, blocked: frozenset,
-              blocked_first_steps: frozenset) -> Optional[Tuple[int, Tuple[int, ...]]]:
-    """The cheapest path source -> target avoiding ``blocked`` nodes and the first steps source -> n for n in
-    ``blocked_first_steps``; among equally cheap ones the lexicographically smallest. None when there is none.
-    """
-    distance = distances_to_target(adjacency, costs, source, target, blocked, blocked_first_steps)
-    if distance[source] == math.inf:
-        return None
-    path = [source]
-    node = source
-    while node != target:
-        steps_to_avoid = blocked_first_steps if node == source else frozenset()
-        node = cheapest_next(adjacency[node], costs, distance, distance[node], source, steps_to_avoid)
-        path.append(node)
-    return distance[source], tuple(path)
-
-
-def cheapest_next(neighbours: List[int], costs: List[int], distance: List[float], remaining: int, source: int,
-                  blocked_steps: frozenset) -> int:
-    """The smallest neighbour from which a cheapest path continues (``remaining`` = cost still to go).
-
-    Blocked nodes keep an infinite distance, so they never qualify.
-    """
-    for neighbour in neighbours:
-        if neighbour == source or neighbour in blocked_steps:
+            root_cost += int(search.costs[root[-1]])
+        used_steps = tuple(path[position + 1] for _, path in found if path[:position + 1] == root)
+        bound = heapq.nsmallest(needed, candidates)[-1][0] - root_cost if len(candidates) >= needed else None
+        if bound is not None and bound < 0:
             continue
-        if costs[neighbour] + distance[neighbour] == remaining:
-            return neighbour
-    raise AssertionError("no neighbour continues a cheapest path: distances are inconsistent")
+        spur = search.path(root[-1], root[:-1], used_steps, bound)
+        if spur is not None and root[:-1] + spur[1] not in seen:
+            seen.add(root[:-1] + spur[1])
+            heapq.heappush(candidates, (root_cost + spur[0], root[:-1] + spur[1]))
 
 
-def distances_to_target(adjacency: List[List[int]], costs: List[int], source: int, target: int, blocked: frozenset,
-                        blocked_first_steps: frozenset) -> List[float]:
-    """Dijkstra backwards from ``target`` (binary heap), never through ``blocked`` nodes or the source.
+class SpurSearch:
+    """Cheapest paths to one target on a subgraph with node-entry costs, by Dijkstra (scipy, in C).
 
-    Stops once every node no farther than the source is settled: those nodes'
-    distances are exact, every other entry is larger than the source's (or
-    infinite, as for blocked nodes and for the source when it is unreachable).
+    The search runs backwards from the target: on the reversed graph the edge
+    n -> x weighs ``costs[n]``, so the distance of x is the cost of its cheapest
+    path to the target. Blocked nodes, the spur node as an intermediate node,
+    and blocked first steps get infinite weights. Costs are integers kept
+    exactly in float64 (sums stay far below 2**53).
     """
-    distance: List[float] = [math.inf] * len(adjacency)
-    settled = bytearray(len(adjacency))
-    for node in blocked:
-        settled[node] = 1  # never reached, never relaxed
-    distance[target] = 0
-    heap = [(0, target)]
-    limit = math.inf
-    while heap:
-        reached, node = heapq.heappop(heap)
-        if reached > limit:
-            break
-        if settled[node]:
-            continue
-        settled[node] = 1
-        if node == source:
-            limit = reached
-            continue
-        through = reached + costs[node]  # cost of a path that enters `node` next
-        for neighbour in adjacency[node]:
-            if settled[neighbour] or through >= distance[neighbour]:
-                continue
-            if neighbour == source and node in blocked_first_steps:
-                continue
-            distance[neighbour] = through
-            heapq.heappush(heap, (through, neighbour))
-    return distance
+
+    def __init__(self, subgraph: Subgraph, costs: np.ndarray, target: int):
+        self.indptr, self.indices = subgraph.indptr, subgraph.indices
+        self.costs = np.asarray(costs, dtype=np.int64)
+        self.target = target
+        self.weights = np.repeat(self.costs.astype(np.float64), np.diff(self.indptr))
+
+    def three_hop_bound(self, source: int) -> Optional[int]:
+        """Cost of the cheapest path source -> a -> b -> target, the shortest a bipartite pair can have
+        without its direct edge: an upper bound that keeps the first search near the target. None without one.
+        """
+        into_target = np.full(len(self.costs), math.inf)
+        before_target = self.indices[self.indptr[self.target]:self.indptr[self.target + 1]]
+        into_target[before_target] = self.costs[before_target]
+        first_steps = self.indices[self.indptr[source]:self.indptr[source + 1]]
+        first_steps = first_steps[first_steps != self.target]
+        if not len(first_steps):
+            return None
+        best = min((self.costs[step] + into_target[self.indices[self.indptr[step]:self.indptr[step + 1]]].min()
+                    for step in first_steps if self.indptr[step + 1] > self.indptr[step]), default=math.inf)
+        return int(best + self.costs[self.target]) if math.isfinite(best) else None
+
+    def distances(self, source: int, blocked: Sequence[int], blocked_first_steps: Sequence[int],
+                  bound: Optional[int] = None) -> np.ndarray:
+        """Cost to the target from every node (infinite where unreachable or dearer than ``bound``)."""
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import dijkstra
+
+        weights = self.weights.copy()
+        for node in (*blocked, source):  # no path continues through them (the walk never enters them either)
+            weights[self.indptr[node]:self.indptr[node + 1]] = math.inf
+        for step in blocked_first_steps:  # reversed edge step -> source
+            row = slice(self.indptr[step], self.indptr[step + 1])
+            weights[row][np.searchsorted(self.indices[row], source)] = math.inf
+        size = len(self.indptr) - 1
+        graph = csr_matrix((weights, self.indices, self.indptr), shape=(size, size))
+        return dijkstra(graph, directed=True, indices=self.target, limit=np.inf if bound is None else float(bound))
+
+    def path(self, source: int, blocked: Sequence[int], blocked_first_steps: Sequence[int],
+             bound: Optional[int] = None) -> Optional[Tuple[int, Tuple[int, ...]]]:
+        """The cheapest path source -> target avoiding ``blocked`` nodes and the first steps source -> n for n in
+        ``blocked_first_steps``; among equally cheap ones the lexicographically smallest. None when there is
+        none (or none costing at most ``bound``).
+        """
+        distance = self.distances(source, blocked, blocked_first_steps, bound)
+        if not math.isfinite(distance[source]):
+            return None
+        path, node = [source], source
+        while node != self.target:
+            avoid = (*blocked, source, *(blocked_first_steps if node == source else ()))
+            node = self._cheapest_next(node, distance, avoid)
+            path.append(node)
+        return int(distance[source]), tuple(path)
+
+    def _cheapest_next(self, node: int, distance: np.ndarray, avoid: Sequence[int]) -> int:
+        """The smallest neighbour, not in ``avoid``, from which a cheapest path continues."""
+        neighbours = self.indices[self.indptr[node]:self.indptr[node + 1]]
+        on_cheapest = (self.costs[neighbours] + distance[neighbours] == distance[node]) & ~np.isin(neighbours, avoid)
+        candidates = np.flatnonzero(on_cheapest)
+        if not len(candidates):
+            raise AssertionError("no neighbour continues a cheapest path: distances are inconsistent")
+        return int(neighbours[candidates[0]])
