@@ -106,6 +106,15 @@ def cmd_paths(args: argparse.Namespace, overrides: List[str]) -> None:
     from recbole_mmprefer.retrieval.collect import collect_paths
 
     config = stage_config(args, overrides)
+    if args.show:
+        from recbole_mmprefer.retrieval.show import show_pair
+
+        print(show_pair(config, *args.show, draw=Path(args.draw) if args.draw else None))
+        if args.draw:
+            print(f"Drawing: {args.draw}")
+        return
+    if args.draw:
+        raise InputError("--draw goes with --show USER ITEM")
     out_dir = collect_paths(config, split=args.pairs, pairs_file=Path(args.pairs_file) if args.pairs_file else None,
                             force=args.force)
     getLogger().info("paths: %s", out_dir / "paths.jsonl")
@@ -168,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="explanation-table split to collect (default: path_pairs_split, else all pairs)")
     paths.add_argument("--pairs_file", "--pairs-file", default=None,
                        help="a user_id<TAB>item_id file of pairs, instead of the explanation table")
+    paths.add_argument("--show", nargs=2, metavar=("USER", "ITEM"), default=None,
+                       help="print one pair's paths with node profiles instead of collecting")
+    paths.add_argument("--draw", default=None, help="with --show: write a drawing of the paths (.svg or .html)")
     paths.set_defaults(handler=cmd_paths)
     add_import_commands(commands)
     return parser

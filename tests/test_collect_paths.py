@@ -176,3 +176,32 @@ def test_bad_inputs_are_named(setup, tmp_path):
         collect_paths(config_for(data, run, path_hops=0))
     out = collect_paths(config_for(data, tmp_path / "no-vectors", path_weight="degree"))
     assert read_json(out / "meta.json")["status_counts"]["ok"] >= 1
+
+
+def test_show_prints_paths_with_profiles_and_draws_them(setup, tmp_path, capsys):
+    from recbole_mmprefer.cli import main as mmprefer
+
+    data, run, pairs = setup
+    folder = data / "toy"
+    (folder / "toy.item").write_text("item_id:token\ttitle:token_seq\tprofile:token_seq\tprofile_source:token\n"
+                                     + "".join(f"i{i}\tBook {i}\tFor readers of {i}.\txrec\n" for i in range(10)))
+    (folder / "toy.user").write_text("user_id:token\tprofile:token_seq\tprofile_source:token\n"
+                                     "u0\tLikes long novels.\txrec\n")
+    user, item = pairs[0]
+    expected = expected_records(data, run, [pairs[0]])[0]
+    drawing = tmp_path / "pair.html"
+    assert mmprefer(["paths", "--dataset", "toy", f"--data_path={data}", f"--run_dir={run}",
+                     "--text_fields=['title']", "--show", user, item, "--draw", str(drawing)]) == 0
+    out = capsys.readouterr().out
+    first = expected["paths"][0]
+    assert f"path 1 (cost {first['cost']:.3f}):" in out
+    assert f"  user {user}" in out and f'-> buys -> item {first["tokens"][1]} "Book {first["tokens"][1][1:]}": ' \
+        f'For readers of {first["tokens"][1][1:]}.' in out
+    assert "-> bought by -> user" in out
+    assert len([line for line in out.splitlines() if line.startswith("path ")]) == len(expected["paths"])
+    page = drawing.read_text()
+    assert page.count("<line") >= sum(len(p["nodes"]) - 1 for p in expected["paths"]) and "<svg" in page
+    assert 'stroke="#d62728" stroke-width="3"' in page  # the first path highlighted
+    assert mmprefer(["paths", "--dataset", "toy", f"--data_path={data}", f"--run_dir={run}",
+                     "--show", user, "nobody"]) == 2
+    assert "nobody" in capsys.readouterr().err

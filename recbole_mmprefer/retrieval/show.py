@@ -1,0 +1,155 @@
+"""A look at one pair's retrieval paths (paper section 3.3, Fig. 1): `mmprefer paths --show USER ITEM`.
+
+Prints each path with its nodes' titles and profiles (from the profiles
+stage's folder when it ran, else the data set's ``.user``/``.item``), and can
+draw the paths with a few neighbours of their nodes as a standalone SVG, or
+an HTML page holding the SVG and the text. The drawing is laid out by
+networkx's seeded spring layout, so the same pair gives the same picture.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import networkx as nx
+import numpy as np
+
+from recbole_mmprefer.data.atomic import read_atomic_file
+from recbole_mmprefer.data.explanations import read_node_profiles
+from recbole_mmprefer.data.profiles import node_profile_folder
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.retrieval.collect import load_graph, load_vectors, path_settings
+from recbole_mmprefer.retrieval.graph import InteractionGraph
+from recbole_mmprefer.retrieval.paths import PathResult, find_paths
+
+PATH_COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+                "#bcbd22", "#7f7f7f"]
+NEIGHBOURS_DRAWN = 4  # context neighbours drawn per path node
+TEXT_LIMIT = 160  # characters of a profile shown per node
+
+
+class NodeText:
+    """Titles (first text field of ``.item``) and profiles of the data set's nodes."""
+
+    def __init__(self, config):
+        folder = node_profile_folder(config)
+        self.user_profiles, self.item_profiles = read_node_profiles(folder, config["dataset"])
+        self.titles: Dict[str, str] = {}
+        item_file = Path(config["data_path"]) / f"{config['dataset']}.item"
+        title_field = (config["text_fields"] or [None])[0]
+        if title_field and item_file.is_file():
+            items = read_atomic_file(item_file)
+            if title_field in items.columns:
+                self.titles = dict(zip(items[config["ITEM_ID_FIELD"]], items[title_field]))
+
+    def label(self, kind: str, token: str) -> str:
+        title = self.titles.get(token, "") if kind == "item" else ""
+        return f"{kind} {token}" + (f' "{title}"' if title else "")
+
+    def profile(self, kind: str, token: str) -> str:
+        text = (self.user_profiles if kind == "user" else self.item_profiles).get(token, "")
+        return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT - 3].rstrip() + "..."
+
+
+def pair_paths(config, user: str, item: str) -> Tuple[InteractionGraph, PathResult]:
+    graph = load_graph(config)
+    user_vectors, item_vectors, _ = load_vectors(config, graph)
+    return graph, find_paths(graph, str(user), str(item), user_vectors, item_vectors, **path_settings(config))
+
+
+def describe(result: PathResult, text: NodeText) -> str:
+    """The paths as lines of "<node> -> buys -> <node> -> bought by -> ...", each node with its profile."""
+    header = (f"{text.label('user', result.user)} -> {text.label('item', result.item)}: {result.status}, "
+              f"{len(result.paths)} path(s), pruned subgraph {result.subgraph_nodes} nodes / "
+              f"{result.subgraph_edges} edges")
+    lines = [header]
+    for number, path in enumerate(result.paths, start=1):
+        lines.append(f"path {number} (cost {path.cost:.3f}):")
+        for step, (kind, token) in enumerate(zip(path.types, path.tokens)):
+            relation = "" if step == 0 else ("-> buys -> " if kind == "item" else "-> bought by -> ")
+            profile = text.profile(kind, token)
+            lines.append(f"  {relation}{text.label(kind, token)}" + (f": {profile}" if profile else ""))
+    return "\n".join(lines)
+
+
+def drawing_graph(graph: InteractionGraph, result: PathResult) -> Tuple[nx.Graph, List[List[int]]]:
+    """Path nodes and edges plus up to NEIGHBOURS_DRAWN neighbours per path node (the lowest ids)."""
+    drawn = nx.Graph()
+    paths = [list(path.nodes) for path in result.paths]
+    endpoints = [graph.user_node(result.user), graph.item_node(result.item)]
+    drawn.add_nodes_from(endpoints)
+    for nodes in paths:
+        nx.add_path(drawn, nodes)
+    for node in list(drawn.nodes):
+        for neighbour in graph.neighbours(node)[:NEIGHBOURS_DRAWN]:
+            if {int(node), int(neighbour)} != set(endpoints):
+                drawn.add_edge(int(node), int(neighbour))
+    return drawn, paths
+
+
+def svg(graph: InteractionGraph, result: PathResult, text: NodeText, size: int = 640) -> str:
+    """A standalone SVG: users as circles, items as squares, path edges coloured, the pair's ends outlined."""
+    drawn, paths = drawing_graph(graph, result)
+    layout = nx.spring_layout(drawn, seed=0)
+    coordinates = np.array([layout[node] for node in drawn.nodes]) if layout else np.zeros((1, 2))
+    low, high = coordinates.min(axis=0), coordinates.max(axis=0)
+    span = np.where(high - low > 0, high - low, 1.0)
+    position = {node: (40 + (size - 80) * (layout[node] - low) / span) for node in drawn.nodes}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
+             f'viewBox="0 0 {size} {size}" font-family="sans-serif" font-size="10">',
+             f"<title>{html.escape(text.label('user', result.user))} to "
+             f"{html.escape(text.label('item', result.item))}</title>"]
+    path_edges = {}
+    for number, nodes in enumerate(paths):
+        for a, b in zip(nodes, nodes[1:]):
+            path_edges.setdefault(frozenset((a, b)), number)
+    for a, b in drawn.edges:
+        number = path_edges.get(frozenset((a, b)))
+        colour, width = (PATH_COLOURS[number % len(PATH_COLOURS)], 3) if number is not None else ("#cccccc", 1)
+        (x1, y1), (x2, y2) = position[a], position[b]
+        parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{colour}" '
+                     f'stroke-width="{width}"/>')
+    endpoints = {graph.user_node(result.user), graph.item_node(result.item)}
+    on_path = {node for nodes in paths for node in nodes}
+    for node in drawn.nodes:
+        parts.append(_node_svg(graph, node, position[node], text, node in endpoints, node in on_path))
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _node_svg(graph: InteractionGraph, node: int, at, text: NodeText, endpoint: bool, on_path: bool) -> str:
+    kind, token = graph.node_type(node), graph.node_token(node)
+    x, y = at
+    fill = "#ffffff" if not on_path else ("#fde0c5" if kind == "item" else "#d6e6f5")
+    stroke = 'stroke="#000000" stroke-width="2.5"' if endpoint else 'stroke="#555555" stroke-width="1"'
+    tooltip = html.escape(text.label(kind, token) + (f": {text.profile(kind, token)}" if on_path else ""))
+    shape = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{fill}" {stroke}/>' if kind == "user" else
+             f'<rect x="{x - 7:.1f}" y="{y - 7:.1f}" width="14" height="14" fill="{fill}" {stroke}/>')
+    label = (f'<text x="{x + 9:.1f}" y="{y - 9:.1f}">{html.escape(token)}</text>' if on_path else "")
+    return f"<g><title>{tooltip}</title>{shape}{label}</g>"
+
+
+def write_drawing(path: Path, graph: InteractionGraph, result: PathResult, text: NodeText) -> Path:
+    """``.svg``: the drawing; ``.html``: the drawing and the described paths on one page."""
+    path = Path(path)
+    if path.suffix not in (".svg", ".html"):
+        raise InputError(f"--draw {path}: the drawing is written as .svg or .html")
+    picture = svg(graph, result, text)
+    if path.suffix == ".html":
+        picture = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Paths {html.escape(result.user)} to "
+                   f"{html.escape(result.item)}</title></head><body>{picture}"
+                   f"<pre>{html.escape(describe(result, text))}</pre></body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(picture, encoding="utf-8")
+    return path
+
+
+def show_pair(config, user: str, item: str, draw: Optional[Path] = None) -> str:
+    """The described paths of one pair (and the drawing written to ``draw``)."""
+    graph, result = pair_paths(config, user, item)
+    text = NodeText(config)
+    if draw is not None:
+        write_drawing(draw, graph, result, text)
+    return describe(result, text)
