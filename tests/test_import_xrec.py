@@ -24,6 +24,7 @@ from recbole_mmprefer.data.explanations import (
 )
 from recbole_mmprefer.data.xrec import import_xrec, load_data_pickle
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.utils import read_json
 
 # A 4-user, 5-item graph. Pairs (0, 1) and (2, 4) are training edges; (3, 0) is a test edge.
 TRAIN_LISTS = [[1, 2], [0, 2, 3], [4, 1], [2]]
@@ -271,3 +272,34 @@ def test_real_xrec_google_imports(tmp_path):
     report = import_xrec(XREC / "google", "xrec-google", tmp_path)
     assert (report["users"], report["items"], report["edges"]["train"]) == (22582, 16557, 329472)
     assert report["table"]["pairs"] == 3000 and report["predictions_aligned"] == 3000
+
+
+def write_random_xrec_folder(folder: Path, n_users: int = 30, n_items: int = 40, seed: int = 0) -> Path:
+    """An XRec-layout folder on a random graph big enough to train a sequential model for one epoch."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    lists = [sorted(int(i) for i in rng.choice(n_items, size=7, replace=False)) for _ in range(n_users)]
+    item_lists = [[u for u, items in enumerate(lists) if i in items] for i in range(n_items)]
+    with open(folder / "para_dict.pickle", "wb") as handle:
+        pickle.dump({"trn_user_nb": lists, "trn_item_nb": item_lists, "user_num": n_users, "item_num": n_items},
+                    handle)
+    rows = [(u, lists[u][0], f"movie number {lists[u][0]}", "likes drama", "comedy fans", f"because {u}")
+            for u in range(0, n_users, 3)]
+    pd.DataFrame(rows, columns=["uid", "iid", "title", "user_summary", "item_summary", "explanation"]).to_pickle(
+        folder / "tst.pkl")
+    return folder
+
+
+def test_run_recbole_trains_mmpsasrec_on_an_imported_xrec_data_set(tmp_path, tiny_encoder):
+    from conftest import tiny_config
+    from recbole_mmprefer.quick_start import run_recbole
+
+    source = write_random_xrec_folder(tmp_path / "src")
+    import_xrec(source, "xrec-amazon", tmp_path / "data")  # the name picks dataset_configs/xrec-amazon.yaml
+    config = tiny_config(tmp_path / "data", text_encoder=str(tiny_encoder))
+    del config["text_fields"], config["load_col"]  # from the data-set config: [title, profile], order
+    result = run_recbole(model="MMPSASRec", dataset="xrec-amazon", config_dict=config)
+    assert result["epochs_trained"] == 1 and 0 <= result["test_result"]["ndcg@10"] <= 1
+    meta = read_json(tmp_path / "data" / "saved" / "xrec-amazon" / "features" / "text" / "meta.json")
+    items_with_text = pd.read_pickle(source / "tst.pkl")["iid"].nunique()
+    assert meta["inputs"]["fields"] == ["title", "profile"] and meta["items_without_text"] == 40 - items_with_text
