@@ -120,6 +120,22 @@ def cmd_paths(args: argparse.Namespace, overrides: List[str]) -> None:
     getLogger().info("paths: %s", out_dir / "paths.jsonl")
 
 
+def cmd_evaluate(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.evaluation.evaluate import evaluate
+
+    config = stage_config(args, overrides)
+    files = {}
+    for entry in args.system or []:
+        name, separator, path = entry.partition("=")
+        if not separator or not name or not path:
+            raise InputError(f"--system {entry!r}: write it NAME=FILE (a JSON-lines generation file)")
+        files[name] = Path(path)
+    out_dir = evaluate(config, files, split=None if args.split == "all" else args.split,
+                       published=not args.no_published, baselines=not args.no_baselines, name=args.name)
+    print((out_dir / "table.md").read_text())
+    print(f"Report: {out_dir}")
+
+
 def add_import_commands(commands) -> None:
     importer = commands.add_parser("import", help="Import a public data set into RecBole atomic files "
                                    "plus the explanation table", description="Import a public data set")
@@ -181,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one pair's paths with node profiles instead of collecting")
     paths.add_argument("--draw", default=None, help="with --show: write a drawing of the paths (.svg or .html)")
     paths.set_defaults(handler=cmd_paths)
+    evaluation = stage("evaluate", "Score generation files, the published baselines and the cheap baselines on "
+                       "the same rows; write <run_dir>/evaluation/<name>/ (table.md, scores.json, ...)")
+    evaluation.add_argument("--system", action="append", metavar="NAME=FILE",
+                            help="a system's generation file (JSON lines: user_id, item_id, explanation); repeatable")
+    evaluation.add_argument("--split", choices=["train", "valid", "test", "all"], default="test",
+                            help="explanation-table rows to score (default test)")
+    evaluation.add_argument("--no_published", "--no-published", action="store_true",
+                            help="leave out the published outputs kept in the explanation table")
+    evaluation.add_argument("--no_baselines", "--no-baselines", action="store_true",
+                            help="leave out the item-template and nearest-neighbour baselines")
+    evaluation.add_argument("--name", default=None, help="report folder name (default: the split)")
+    evaluation.set_defaults(handler=cmd_evaluate)
     add_import_commands(commands)
     return parser
 
