@@ -10,7 +10,8 @@ present (`run_recbole --model=MMPSASRec --dataset=...`), else seeded random
 vectors (said so in the report: timing hardly depends on them).
 
 Measured in this one run, on the same pairs and settings (L=3, 2-core, k=3,
-eq. 7 weights): median and mean ms per pair for both implementations, the
+eq. 7 weights), the two implementations alternating pair by pair so that load
+changes hit both alike: median and mean ms per pair for both, the
 speed-up, whether every path and cost agree, and the peak memory per pair
 (tracemalloc, on --memory_pairs pairs, in a separate pass so it does not slow
 the timed one) against the size of the whole graph's arrays. Then how our time
@@ -63,6 +64,17 @@ def timed(function, pairs, **kwargs):
     return times, results
 
 
+def timed_side_by_side(first, second, pairs):
+    """Both implementations on each pair in turn, so a change in machine load hits both alike."""
+    first_times, first_results, second_times, second_results = [], [], [], []
+    for pair in pairs:
+        for function, times, results in ((first, first_times, first_results), (second, second_times, second_results)):
+            started = time.perf_counter()
+            results.append(function(*pair))
+            times.append((time.perf_counter() - started) * 1000)
+    return first_times, first_results, second_times, second_results
+
+
 def peak_memory(function, pairs, **kwargs) -> float:
     """Median over pairs of the peak traced allocation (MiB) while finding one pair's paths."""
     peaks = []
@@ -106,9 +118,10 @@ def main() -> None:
         return reference_find_paths(graph, user, item, users, items, network=network, **settings)
 
     timed_pairs = pairs[:args.pairs]
-    our_times, our_results = timed(ours, timed_pairs)
     reference_pairs = timed_pairs[:args.reference_pairs]
-    reference_times, reference_results = timed(reference, reference_pairs)
+    our_times, our_results, reference_times, reference_results = timed_side_by_side(ours, reference, reference_pairs)
+    more_times, more_results = timed(ours, timed_pairs[len(reference_pairs):])
+    our_times, our_results = our_times + more_times, our_results + more_results
     agree = same_paths(our_results[:len(reference_pairs)], reference_results)
     memory_pairs = timed_pairs[:args.memory_pairs]
     our_memory, reference_memory = peak_memory(ours, memory_pairs), peak_memory(reference, memory_pairs)
