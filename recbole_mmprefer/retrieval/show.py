@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import networkx as nx
 import numpy as np
 
-from recbole_mmprefer.data.atomic import read_atomic_file
-from recbole_mmprefer.data.explanations import read_node_profiles
-from recbole_mmprefer.data.profiles import node_profile_folder
 from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.explainer.prompts import NodeText
 from recbole_mmprefer.retrieval.collect import load_graph, load_vectors, path_settings
 from recbole_mmprefer.retrieval.graph import InteractionGraph
 from recbole_mmprefer.retrieval.paths import PathResult, find_paths
@@ -30,27 +28,10 @@ NEIGHBOURS_DRAWN = 4  # context neighbours drawn per path node
 TEXT_LIMIT = 160  # characters of a profile shown per node
 
 
-class NodeText:
-    """Titles (first text field of ``.item``) and profiles of the data set's nodes."""
-
-    def __init__(self, config):
-        folder = node_profile_folder(config)
-        self.user_profiles, self.item_profiles = read_node_profiles(folder, config["dataset"])
-        self.titles: Dict[str, str] = {}
-        item_file = Path(config["data_path"]) / f"{config['dataset']}.item"
-        title_field = (config["text_fields"] or [None])[0]
-        if title_field and item_file.is_file():
-            items = read_atomic_file(item_file)
-            if title_field in items.columns:
-                self.titles = dict(zip(items[config["ITEM_ID_FIELD"]], items[title_field]))
-
-    def label(self, kind: str, token: str) -> str:
-        title = self.titles.get(token, "") if kind == "item" else ""
-        return f"{kind} {token}" + (f' "{title}"' if title else "")
-
-    def profile(self, kind: str, token: str) -> str:
-        text = (self.user_profiles if kind == "user" else self.item_profiles).get(token, "")
-        return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT - 3].rstrip() + "..."
+def shown_profile(text: NodeText, kind: str, token: str) -> str:
+    """A node's profile, cut to TEXT_LIMIT characters."""
+    profile = text.profile(kind, token)
+    return profile if len(profile) <= TEXT_LIMIT else profile[:TEXT_LIMIT - 3].rstrip() + "..."
 
 
 def pair_paths(config, user: str, item: str) -> Tuple[InteractionGraph, PathResult]:
@@ -69,7 +50,7 @@ def describe(result: PathResult, text: NodeText) -> str:
         lines.append(f"path {number} (cost {path.cost:.3f}):")
         for step, (kind, token) in enumerate(zip(path.types, path.tokens)):
             relation = "" if step == 0 else ("-> buys -> " if kind == "item" else "-> bought by -> ")
-            profile = text.profile(kind, token)
+            profile = shown_profile(text, kind, token)
             lines.append(f"  {relation}{text.label(kind, token)}" + (f": {profile}" if profile else ""))
     return "\n".join(lines)
 
@@ -124,7 +105,7 @@ def _node_svg(graph: InteractionGraph, node: int, at, text: NodeText, endpoint: 
     x, y = at
     fill = "#ffffff" if not on_path else ("#fde0c5" if kind == "item" else "#d6e6f5")
     stroke = 'stroke="#000000" stroke-width="2.5"' if endpoint else 'stroke="#555555" stroke-width="1"'
-    tooltip = html.escape(text.label(kind, token) + (f": {text.profile(kind, token)}" if on_path else ""))
+    tooltip = html.escape(text.label(kind, token) + (f": {shown_profile(text, kind, token)}" if on_path else ""))
     shape = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{fill}" {stroke}/>' if kind == "user" else
              f'<rect x="{x - 7:.1f}" y="{y - 7:.1f}" width="14" height="14" fill="{fill}" {stroke}/>')
     label = (f'<text x="{x + 9:.1f}" y="{y - 9:.1f}">{html.escape(token)}</text>' if on_path else "")
@@ -149,7 +130,7 @@ def write_drawing(path: Path, graph: InteractionGraph, result: PathResult, text:
 def show_pair(config, user: str, item: str, draw: Optional[Path] = None) -> str:
     """The described paths of one pair (and the drawing written to ``draw``)."""
     graph, result = pair_paths(config, user, item)
-    text = NodeText(config)
+    text = NodeText.from_config(config)
     if draw is not None:
         write_drawing(draw, graph, result, text)
     return describe(result, text)
