@@ -241,3 +241,13 @@ def test_node_text_reads_profiles_and_titles(tmp_path):
     assert text.titles == {"i1": "Book one", "i2": "Book two"} and text.item_profiles == {"i1": "For readers."}
     assert text.profile("user", "u0") == "Likes novels." and text.label("item", "i1") == 'item i1 "Book one"'
     assert NodeText.from_config({**config, "text_fields": None}).titles == {}
+
+
+def test_without_graph_level_no_soft_positions_are_reserved():
+    from recbole_mmprefer.explainer.graph_encoder import soft_prompt_tokens
+    from recbole_mmprefer.explainer.prompts import PromptSettings
+
+    config = {"explainer_paths": 3, "explainer_graph_level": False}
+    assert PromptSettings.from_config(config).soft_tokens == soft_prompt_tokens(config) == 0
+    config["explainer_graph_level"] = True
+    assert PromptSettings.from_config(config).soft_tokens == soft_prompt_tokens(config) == 3

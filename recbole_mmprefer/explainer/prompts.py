@@ -114,9 +114,14 @@ class PromptSettings:
         """From a RecBole Config or a dict; missing or None keys take the defaults (soft tokens: one per path)."""
         paths = int(_setting(config, "explainer_paths"))
         soft = _setting(config, "explainer_soft_tokens")
+        soft = paths if soft is None else int(soft)
+        graph_level = config["explainer_graph_level"] if config is not None and "explainer_graph_level" in config \
+            else None
+        if graph_level is False:  # the "w/o graph-level" ablation: no positions for a soft prompt
+            soft = 0
         return cls(instruction=str(_setting(config, "explainer_instruction")),
                    paths_intro=str(_setting(config, "explainer_paths_intro") or ""), paths=paths,
-                   soft_tokens=paths if soft is None else int(soft),
+                   soft_tokens=soft,
                    max_length=int(_setting(config, "explainer_max_length")),
                    max_new_tokens=int(_setting(config, "explainer_max_new_tokens")),
                    path_profile_min_tokens=int(_setting(config, "explainer_path_profile_min_tokens")))
