@@ -100,7 +100,9 @@ def write_report(out_dir: Path, results: Dict[str, Dict[str, object]], pairs: pd
               for system, metrics in results.items()}
     write_json(out_dir / "scores.json", {"context": context, "absent": list(absent), "systems": scores})
     per_sample_frame(results, pairs).to_csv(out_dir / "per_sample.csv", index=False)
-    lines = [f"# Explanation quality on {context['dataset']} ({context['split']} split, {context['rows']} rows)", ""]
+    scope = f"all {context['rows']} rows" if context["split"] == "all" else \
+        f"{context['split']} split, {context['rows']} rows"
+    lines = [f"# Explanation quality on {context['dataset']} ({scope})", ""]
     lines += [f"- {key}: {value}" for key, value in context.items() if key not in ("dataset", "split", "rows")]
     lines += ["", "Explainability (means), then stability (population std of the per-sample scores; lower is "
               "more stable). BLEU on sacrebleu's 0-100 scale; others as their metric defines.", "",
