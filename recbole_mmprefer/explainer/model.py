@@ -1,0 +1,213 @@
+"""The explainer model (paper section 3.4): a causal LM with LoRA, fed a graph soft prompt through ``inputs_embeds``.
+
+:class:`ExplainerModel` holds
+
+* the causal LM of ``llm_path`` (:func:`recbole_mmprefer.llm.load_causal_lm`),
+  wrapped with LoRA by peft (``explainer_lora_*``); ``explainer_lora: False``
+  is the "w/o LoRA" ablation: the LLM stays frozen;
+* the :class:`~recbole_mmprefer.explainer.graph_encoder.GraphSoftPrompt` (GNN
+  over path subgraphs + MoE adapter), None under the "w/o graph-level"
+  ablation (``explainer_graph_level: False``) or without paths.
+
+Only the LoRA matrices, the GNN and the adapter require grad; the LLM's own
+weights never do. :meth:`ExplainerModel.trainable_state_dict` holds exactly
+those parameters, so a checkpoint is small (a few MB for SmolLM2-135M).
+
+``forward`` embeds the prompt's token ids with the LLM's input embeddings,
+writes the soft prompt at the reserved positions (:func:`place_soft_prompts`)
+and returns the LM's loss with the batch's ``labels`` (-100 on the prompt, so
+the NLL is taken on the explanation tokens and their EOS only).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.explainer.graph_encoder import GraphSoftPrompt, build_graph_soft_prompt, place_soft_prompts
+from recbole_mmprefer.resources import properties_dir
+
+logger = logging.getLogger(__name__)
+
+DECODINGS = ("greedy", "beam", "sample")
+DEFAULT_FILES = ("explainer.yaml", "explainer_graph.yaml", "explainer_training.yaml", "llm.yaml")
+
+
+@functools.lru_cache(maxsize=1)
+def explainer_defaults() -> Dict[str, object]:
+    """The defaults of the explainer's property files (prompts, graph level, training, LLM)."""
+    defaults: Dict[str, object] = {}
+    for name in DEFAULT_FILES:
+        path = properties_dir() / name
+        if path.is_file():
+            with open(path, encoding="utf-8") as handle:
+                defaults.update(yaml.safe_load(handle) or {})
+    return defaults
+
+
+def setting(config, key: str, default=None):
+    """``config[key]`` (RecBole Config, dict or None) unless missing or None, else the property default."""
+    value = None
+    if config is not None:
+        try:
+            value = config[key] if key in config else None
+        except (KeyError, TypeError):
+            value = None
+    if value is None:
+        value = explainer_defaults().get(key)
+    return default if value is None else value
+
+
+def lora_settings(config) -> Optional[Dict[str, object]]:
+    """The LoRA settings of a config, or None under ``explainer_lora: False`` (the frozen-LLM ablation)."""
+    if not setting(config, "explainer_lora"):
+        return None
+    targets = setting(config, "explainer_lora_targets")
+    targets = [targets] if isinstance(targets, str) else [str(target) for target in targets]
+    settings = {"r": int(setting(config, "explainer_lora_r")), "alpha": int(setting(config, "explainer_lora_alpha")),
+                "dropout": float(setting(config, "explainer_lora_dropout")), "targets": targets}
+    if settings["r"] < 1 or not targets or not 0 <= settings["dropout"] < 1:
+        raise InputError(f"explainer_lora_r must be >= 1, explainer_lora_targets non-empty and "
+                         f"explainer_lora_dropout in [0, 1); got {settings}")
+    return settings
+
+
+def add_lora(llm, settings: Dict[str, object]):
+    """The LLM wrapped by peft with LoRA on ``settings['targets']`` (its own weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
+    missing = [target for target in settings["targets"] if target not in names]
+    if missing:
+        raise InputError(f"explainer_lora_targets {missing} name no module of the LLM "
+                         f"({type(llm).__name__}); e.g. Llama has q_proj, k_proj, v_proj, o_proj")
+    config = LoraConfig(r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
+                        target_modules=list(settings["targets"]), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(llm, config)
+
+
+class ExplainerModel(nn.Module):
+    """A causal LM (with or without LoRA) and an optional graph soft prompt; see the module's docstring."""
+
+    def __init__(self, llm, tokenizer, soft_prompt: Optional[GraphSoftPrompt] = None,
+                 lora: Optional[Dict[str, object]] = None):
+        super().__init__()
+        for parameter in llm.parameters():
+            parameter.requires_grad_(False)
+        self.lora = lora
+        self.llm = add_lora(llm, lora) if lora is not None else llm
+        self.tokenizer = tokenizer
+        self.soft_prompt = soft_prompt
+        hidden = self.llm.get_input_embeddings().embedding_dim
+        if soft_prompt is not None and soft_prompt.adapter.llm_hidden != hidden:
+            raise InputError(f"the soft prompt has width {soft_prompt.adapter.llm_hidden}, the LLM {hidden}")
+
+    @classmethod
+    def from_config(cls, config, feature_dim: Optional[int] = None, device: Optional[str] = None,
+                    llm=None, tokenizer=None) -> "ExplainerModel":
+        """The LLM of ``llm_path`` (or the given one), LoRA per ``explainer_lora*`` and the graph soft prompt
+        (when :func:`soft_prompt_tokens` > 0; then ``feature_dim``, the node feature width, is needed).
+        Parameters are initialised under ``seed``."""
+        from recbole_mmprefer.explainer.graph_encoder import soft_prompt_tokens
+        from recbole_mmprefer.llm import load_causal_lm
+
+        if llm is None:
+            llm, tokenizer = load_causal_lm(setting(config, "llm_path"), setting(config, "llm_dtype", "float32"),
+                                            setting(config, "llm_cache_dir"), device=device)
+        torch.manual_seed(int(setting(config, "seed", 0)))
+        soft_prompt = None
+        if soft_prompt_tokens(config) > 0:
+            if feature_dim is None:
+                raise InputError("the graph soft prompt needs the node feature width (feature_dim)")
+            soft_prompt = build_graph_soft_prompt(config, feature_dim, llm.get_input_embeddings().embedding_dim)
+            soft_prompt.to(device=llm.device)
+        return cls(llm, tokenizer, soft_prompt, lora_settings(config))
+
+    # -- parameters -------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def soft_tokens(self) -> int:
+        return 0 if self.soft_prompt is None else int(self.soft_prompt.adapter.soft_tokens)
+
+    def trainable_names(self) -> List[str]:
+        return [name for name, parameter in self.named_parameters() if parameter.requires_grad]
+
+    def trainable_state_dict(self) -> Dict[str, Tensor]:
+        """The LoRA, GNN and adapter parameters only (detached CPU copies)."""
+        return {name: parameter.detach().cpu().clone() for name, parameter in self.named_parameters()
+                if parameter.requires_grad}
+
+    def load_trainable_state_dict(self, state: Dict[str, Tensor]) -> None:
+        """Load a :meth:`trainable_state_dict`; its names must be exactly this model's trainable parameters."""
+        expected = set(self.trainable_names())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise InputError(f"the explainer checkpoint does not fit this model (LoRA / graph settings differ?): "
+                             f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+                             f"({len(unexpected)})")
+        parameters = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                if parameters[name].shape != value.shape:
+                    raise InputError(f"the explainer checkpoint's {name} has shape {tuple(value.shape)}, the model "
+                                     f"{tuple(parameters[name].shape)}")
+                parameters[name].copy_(value.to(parameters[name].device, parameters[name].dtype))
+
+    # -- embeddings, loss, generation --------------------------------------------------------------------
+
+    def embed(self, input_ids: Tensor, soft_positions: Tensor, graphs: Optional[Sequence[Sequence]] = None) -> Tensor:
+        """Token embeddings with the soft prompt written at ``soft_positions`` ([batch, soft])."""
+        embeds = self.llm.get_input_embeddings()(input_ids.to(self.device))
+        width = soft_positions.shape[1] if soft_positions.dim() == 2 else 0
+        if width != self.soft_tokens:
+            raise InputError(f"the prompts reserve {width} soft prompt positions, the model makes {self.soft_tokens}"
+                             " (explainer_soft_tokens / explainer_graph_level of prompts and model differ)")
+        if self.soft_prompt is None:
+            return embeds
+        if graphs is None or len(graphs) != len(input_ids):
+            raise InputError("the graph soft prompt needs the path subgraphs of every pair of the batch")
+        soft = self.soft_prompt(graphs)
+        return place_soft_prompts(embeds, soft, soft_positions.to(self.device))
+
+    def forward(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None) -> Tensor:
+        """The LM loss of a :func:`collate` batch (NLL on the labelled explanation tokens)."""
+        embeds = self.embed(batch["input_ids"], batch["soft_positions"], graphs)
+        output = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
+                          labels=batch["labels"].to(self.device))
+        return output.loss
+
+    @torch.no_grad()
+    def generate(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None,
+                 max_new_tokens: int = 96, decoding: str = "greedy", num_beams: int = 4, temperature: float = 0.7,
+                 top_p: float = 0.9, min_new_tokens: int = 0) -> List[List[int]]:
+        """New token ids per row of a left-padded batch (EOS and what follows dropped); EOS is barred from the
+        first ``min_new_tokens`` steps."""
+        if decoding not in DECODINGS:
+            raise InputError(f"explainer_decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
+        embeds = self.embed(batch["input_ids"], batch["soft_positions"], graphs)
+        options = {"do_sample": decoding == "sample", "num_beams": num_beams if decoding == "beam" else 1,
+                   "min_new_tokens": min(int(min_new_tokens), int(max_new_tokens))}
+        if decoding == "sample":
+            options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
+        eos = self.tokenizer.eos_token_id
+        # LoRA layers are injected in place: the peft wrapper's base model generates with them
+        llm = self.llm.get_base_model() if self.lora is not None else self.llm
+        output = llm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
+                              max_new_tokens=int(max_new_tokens), pad_token_id=self.tokenizer.pad_token_id,
+                              eos_token_id=eos, use_cache=True, **options)
+        rows = []
+        for row in output.tolist():  # decoder-only from inputs_embeds: only the new tokens come back
+            if eos is not None and eos in row:
+                row = row[:row.index(eos)]
+            rows.append(row)
+        return rows
