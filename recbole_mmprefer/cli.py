@@ -136,6 +136,25 @@ def cmd_evaluate(args: argparse.Namespace, overrides: List[str]) -> None:
     print(f"Report: {out_dir}")
 
 
+def cmd_train(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.explainer.train import train_explainer
+
+    config = stage_config(args, overrides)
+    out_dir = train_explainer(config, force=args.force)
+    getLogger().info("explainer: %s", out_dir)
+
+
+def cmd_generate(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.explainer.generate import generate_explanations
+
+    config = stage_config(args, overrides)
+    out_file = generate_explanations(config, model_dir=Path(args.model_dir) if args.model_dir else None,
+                                     split=args.split, out_file=Path(args.out_file) if args.out_file else None,
+                                     force=args.force)
+    getLogger().info("generations: %s", out_file)
+    print(f"Generations: {out_file}")
+
+
 def add_import_commands(commands) -> None:
     importer = commands.add_parser("import", help="Import a public data set into RecBole atomic files "
                                    "plus the explanation table", description="Import a public data set")
@@ -197,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one pair's paths with node profiles instead of collecting")
     paths.add_argument("--draw", default=None, help="with --show: write a drawing of the paths (.svg or .html)")
     paths.set_defaults(handler=cmd_paths)
+    train = stage("train", "Tune the explainer (LoRA + graph soft prompt) on the explanation table's train split; "
+                  "writes <run_dir>/explainer/", force_help="train again even when the adapter is up to date")
+    train.set_defaults(handler=cmd_train)
+    generate = stage("generate", "Write explanations for a split's pairs to <run_dir>/generations/ "
+                     "(zero-shot without --model_dir)", force_help="generate again even when up to date")
+    generate.add_argument("--model_dir", default=None, help="a trained explainer (default: zero-shot, frozen LLM)")
+    generate.add_argument("--split", choices=["train", "valid", "test"], default=None,
+                          help="explanation-table split (default: explainer_generation_split)")
+    generate.add_argument("--out_file", default=None, help="the generation file (JSON lines)")
+    generate.set_defaults(handler=cmd_generate)
     evaluation = stage("evaluate", "Score generation files, the published baselines and the cheap baselines on "
                        "the same rows; write <run_dir>/evaluation/<name>/ (table.md, scores.json, ...)")
     evaluation.add_argument("--system", action="append", metavar="NAME=FILE",

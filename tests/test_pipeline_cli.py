@@ -1,0 +1,43 @@
+"""The stages chained through the `mmprefer` command on a tiny XRec-layout data set: import, paths, train,
+generate, evaluate; each stage reads only the files the previous one wrote."""
+
+from __future__ import annotations
+
+import json
+
+from test_import_xrec import write_random_xrec_folder
+from tiny_models import write_tiny_llama
+
+from recbole_mmprefer.cli import main as mmprefer
+from recbole_mmprefer.evaluation.systems import read_generations
+from recbole_mmprefer.utils import read_json
+
+
+def test_import_paths_train_generate_evaluate(tmp_path, capsys):
+    source = write_random_xrec_folder(tmp_path / "src")
+    llama = write_tiny_llama(tmp_path / "tiny-llama")
+    assert mmprefer(["import", "xrec", str(source), "--name", "toy", "--out", str(tmp_path / "data")]) == 0
+    common = ["--dataset", "toy", f"--data_path={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}"]
+    assert mmprefer(["paths", *common, "--path_weight=degree"]) == 0
+    paths = [json.loads(line) for line in (tmp_path / "run" / "paths" / "paths.jsonl").read_text().splitlines()]
+    assert len(paths) == 10 and all(record["status"] in ("ok", "no_path") for record in paths)
+
+    explainer = [f"--llm_path={llama}", "--explainer_graph_level=False", "--explainer_epochs=1",
+                 "--explainer_max_length=160", "--explainer_max_new_tokens=6", "--path_weight=degree"]
+    assert mmprefer(["train", *common, *explainer]) == 0
+    model_dir = tmp_path / "run" / "explainer"
+    assert (model_dir / "meta.json").is_file()
+    out_file = tmp_path / "ours.jsonl"
+    assert mmprefer(["generate", *common, *explainer, "--model_dir", str(model_dir), "--split", "test",
+                     "--out_file", str(out_file)]) == 0
+    generations = read_generations(out_file)
+    test_pairs = [r for r in map(json.loads, (tmp_path / "data" / "toy" / "toy.expl.jsonl").read_text().splitlines())
+                  if r["split"] == "test"]
+    assert list(zip(generations["user_id"], generations["item_id"])) == [(r["user_id"], r["item_id"])
+                                                                         for r in test_pairs]
+    capsys.readouterr()
+    assert mmprefer(["evaluate", *common, "--system", f"ours={out_file}", "--no_baselines",
+                     "--eval_metrics=['bleu', 'rouge_l', 'usr']"]) == 0
+    assert "| ours |" in capsys.readouterr().out
+    scores = read_json(tmp_path / "run" / "evaluation" / "test" / "scores.json")
+    assert scores["context"]["rows"] == len(test_pairs) and "ours" in scores["systems"]
