@@ -155,6 +155,14 @@ def cmd_generate(args: argparse.Namespace, overrides: List[str]) -> None:
     print(f"Generations: {out_file}")
 
 
+def cmd_run(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.pipeline import run_pipeline
+
+    config = stage_config(args, overrides)
+    out_dir = run_pipeline(config, force=args.force)
+    print(f"Report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
 def add_import_commands(commands) -> None:
     importer = commands.add_parser("import", help="Import a public data set into RecBole atomic files "
                                    "plus the explanation table", description="Import a public data set")
@@ -238,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="leave out the item-template and nearest-neighbour baselines")
     evaluation.add_argument("--name", default=None, help="report folder name (default: the split)")
     evaluation.set_defaults(handler=cmd_evaluate)
+    run = stage("run", "Every stage in order (features, quantizer, MMPSASRec, profiles, paths, explainer, "
+                "generation, evaluation), each skipped when up to date; ends in <run_dir>/report/",
+                force_help="retrain MMPSASRec even when its vectors exist")
+    run.set_defaults(handler=cmd_run)
     add_import_commands(commands)
     return parser
 

@@ -41,3 +41,25 @@ def test_import_paths_train_generate_evaluate(tmp_path, capsys):
     assert "| ours |" in capsys.readouterr().out
     scores = read_json(tmp_path / "run" / "evaluation" / "test" / "scores.json")
     assert scores["context"]["rows"] == len(test_pairs) and "ours" in scores["systems"]
+
+
+def test_mmprefer_run_on_a_data_set_without_explanations_goes_zero_shot(tmp_path, tiny_encoder):
+    from conftest import tiny_config, write_config_file, write_tiny_dataset
+
+    root = tmp_path / "data"
+    write_tiny_dataset(root)
+    llama = write_tiny_llama(tmp_path / "tiny-llama")
+    config = tiny_config(root, text_encoder=str(tiny_encoder), run_dir=str(tmp_path / "run"), llm_path=str(llama),
+                         pipeline_pairs=4, pipeline_report_pairs=2, explainer_max_length=160,
+                         explainer_max_new_tokens=5, profile_item_fields=["title", "genre"])
+    config_file = write_config_file(tmp_path / "tiny.yaml", config)
+    assert mmprefer(["run", "--dataset", "tiny", "--config_files", str(config_file)]) == 0
+    run = tmp_path / "run"
+    for stage_file in ("features/text/meta.json", "quantizer/meta.json", "recommender/meta.json",
+                       "profiles/report.json", "paths/paths.jsonl", "report/report.md", "report/report.html"):
+        assert (run / stage_file).is_file(), stage_file
+    generations = read_generations(next((run / "generations").glob("mmprefer-zeroshot-*.jsonl")))
+    assert list(generations["user_id"]) == ["u0", "u1", "u2", "u3"]
+    report = (run / "report" / "report.md").read_text()
+    assert "No reference explanations" in report and report.count("## user ") == 2
+    assert "<svg" in (run / "report" / "report.html").read_text()
