@@ -63,3 +63,25 @@ def test_mmprefer_run_on_a_data_set_without_explanations_goes_zero_shot(tmp_path
     report = (run / "report" / "report.md").read_text()
     assert "No reference explanations" in report and report.count("## user ") == 2
     assert "<svg" in (run / "report" / "report.html").read_text()
+
+
+def test_mmprefer_run_trains_with_the_graph_soft_prompt_and_scores(tmp_path, tiny_encoder):
+    from conftest import tiny_config, write_config_file
+
+    source = write_random_xrec_folder(tmp_path / "src")
+    assert mmprefer(["import", "xrec", str(source), "--name", "xrec-amazon", "--out", str(tmp_path / "data")]) == 0
+    llama = write_tiny_llama(tmp_path / "tiny-llama")
+    config = tiny_config(tmp_path / "data", text_encoder=str(tiny_encoder), run_dir=str(tmp_path / "run"),
+                         llm_path=str(llama), explainer_epochs=1, explainer_max_length=160,
+                         explainer_max_new_tokens=5, explainer_gnn_hidden=8,
+                         eval_metrics=["bertscore", "bleu", "usr"])
+    del config["text_fields"], config["load_col"]
+    config_file = write_config_file(tmp_path / "run.yaml", config)
+    assert mmprefer(["run", "--dataset", "xrec-amazon", "--config_files", str(config_file)]) == 0
+    run = tmp_path / "run"
+    meta = read_json(run / "explainer" / "meta.json")
+    assert meta["settings"]["explainer_graph_level"] is True and meta["settings"]["explainer_lora"] is True
+    assert len(meta["history"]) == 1 and meta["history"][0]["valid_loss"] > 0
+    scores = read_json(run / "evaluation" / "test" / "scores.json")
+    assert {"mmp-refer", "item-template", "nearest-neighbour"} <= set(scores["systems"])
+    assert "**Reference:**" in (run / "report" / "report.md").read_text()
