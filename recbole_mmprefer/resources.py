@@ -8,9 +8,12 @@ the repository itself on the path, so there the top-level folders are used.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
+
+import yaml
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,3 +49,22 @@ def model_property_file(model: str) -> Optional[Path]:
 def dataset_config_file(dataset: str) -> Optional[Path]:
     path = dataset_configs_dir() / f"{dataset}.yaml"
     return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def stage_defaults() -> Dict[str, object]:
+    """Every key of our stage property files with its shipped default."""
+    defaults: Dict[str, object] = {}
+    for path in stage_property_files():
+        with open(path, encoding="utf-8") as handle:
+            defaults.update(yaml.safe_load(handle) or {})
+    return defaults
+
+
+def stage_setting(config, key: str, default=None):
+    """``config[key]`` from a RecBole Config, a dict or None; where it is missing or None, the shipped default
+    of ``properties/*.yaml``, and then ``default`` (for keys that only RecBole defines)."""
+    value = config[key] if config is not None and key in config else None
+    if value is None:
+        value = stage_defaults().get(key)
+    return default if value is None else value

@@ -30,7 +30,6 @@ with ``user_id``, ``item_id``, the text under ``review`` (or ``text`` /
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -41,7 +40,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-import yaml
 from tqdm import tqdm
 
 from recbole_mmprefer.data.atomic import read_atomic_file
@@ -54,7 +52,7 @@ from recbole_mmprefer.data.explanations import (
 )
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.llm import ApiLM, LocalLM, ReplyCache, model_name
-from recbole_mmprefer.resources import properties_dir
+from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
@@ -72,18 +70,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 # --------------------------------------------------------------------------- settings
 
-@functools.lru_cache(maxsize=1)
-def profile_defaults() -> Dict[str, object]:
-    """The defaults of ``properties/profiles.yaml`` (used where a plain dict config lacks a key)."""
-    with open(properties_dir() / "profiles.yaml", encoding="utf-8") as handle:
-        return {**FIELD_DEFAULTS, **yaml.safe_load(handle)}
-
-
 def setting(config, key: str):
-    """``config[key]``, or the stage default when the config (e.g. a plain dict) does not hold it."""
-    if key in config:
-        return config[key]
-    return profile_defaults().get(key)
+    """The config's value, else the stage default (RecBole's field names for a plain dict config)."""
+    return stage_setting(config, key, FIELD_DEFAULTS.get(key))
 
 
 def _data_file(config, suffix: str) -> Path:

@@ -53,6 +53,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GATConv, GCNConv, TransformerConv, global_mean_pool
 
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.retrieval.graph import InteractionGraph, induced_subgraph
 
 USER_TYPE, ITEM_TYPE = 0, 1
@@ -69,12 +70,8 @@ DEFAULTS: Dict[str, object] = {
 
 
 def setting(config, key: str):
-    """``config[key]``, or the default of :data:`DEFAULTS` when the key is absent or None."""
-    try:
-        value = config[key]
-    except KeyError:
-        value = None
-    return DEFAULTS[key] if value is None else value
+    """The config's value, else the shipped default (``seed`` 0 for a plain dict config)."""
+    return stage_setting(config, key, DEFAULTS.get(key))
 
 
 def graph_settings(config) -> Dict[str, object]:

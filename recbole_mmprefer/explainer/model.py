@@ -21,47 +21,22 @@ the NLL is taken on the explanation tokens and their EOS only).
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.graph_encoder import GraphSoftPrompt, build_graph_soft_prompt, place_soft_prompts
-from recbole_mmprefer.resources import properties_dir
+from recbole_mmprefer.resources import stage_setting
 
 logger = logging.getLogger(__name__)
 
 DECODINGS = ("greedy", "beam", "sample")
-DEFAULT_FILES = ("explainer.yaml", "explainer_graph.yaml", "explainer_training.yaml", "llm.yaml")
 
 
-@functools.lru_cache(maxsize=1)
-def explainer_defaults() -> Dict[str, object]:
-    """The defaults of the explainer's property files (prompts, graph level, training, LLM)."""
-    defaults: Dict[str, object] = {}
-    for name in DEFAULT_FILES:
-        path = properties_dir() / name
-        if path.is_file():
-            with open(path, encoding="utf-8") as handle:
-                defaults.update(yaml.safe_load(handle) or {})
-    return defaults
-
-
-def setting(config, key: str, default=None):
-    """``config[key]`` (RecBole Config, dict or None) unless missing or None, else the property default."""
-    value = None
-    if config is not None:
-        try:
-            value = config[key] if key in config else None
-        except (KeyError, TypeError):
-            value = None
-    if value is None:
-        value = explainer_defaults().get(key)
-    return default if value is None else value
+setting = stage_setting  # config value, else the explainer property files' default
 
 
 def lora_settings(config) -> Optional[Dict[str, object]]:

@@ -44,7 +44,6 @@ everywhere but the explanation's tokens and the EOS after them.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import string
@@ -52,14 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 from recbole_mmprefer.data.atomic import read_atomic_file
 from recbole_mmprefer.data.explanations import read_node_profiles
 from recbole_mmprefer.data.profiles import node_profile_folder
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.llm import chat_text
-from recbole_mmprefer.resources import properties_dir
+from recbole_mmprefer.resources import stage_setting
 
 SOFT_MARKER = "<|graph_soft_prompt|>"
 IGNORE_INDEX = -100
@@ -75,16 +72,7 @@ TRUNCATION_KEYS = ("path_profiles_shortened", "path_profiles_dropped", "path_pro
 
 # --------------------------------------------------------------------------- settings
 
-@functools.lru_cache(maxsize=1)
-def prompt_defaults() -> Dict[str, object]:
-    """The defaults of ``properties/explainer.yaml``."""
-    with open(properties_dir() / "explainer.yaml", encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
-
-
-def _setting(config, key: str):
-    value = config[key] if config is not None and key in config else None
-    return prompt_defaults().get(key) if value is None else value
+_setting = stage_setting
 
 
 @dataclass(frozen=True)
