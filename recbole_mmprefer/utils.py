@@ -98,3 +98,20 @@ def align_rows(matrix, row_tokens: List[str], item_tokens: List[str], source: Pa
     rows = [row for row, token in enumerate(item_tokens) if token != "[PAD]"]
     aligned[rows] = matrix[[position[item_tokens[row]] for row in rows]]
     return aligned
+
+
+def json_lines(path: Path) -> Iterator[tuple]:
+    """(line number, object) for each non-blank line of a JSON-lines file; an error names the bad line."""
+    from recbole_mmprefer.errors import InputError
+
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path}, line {number}: expected a JSON object")
+            yield number, record

@@ -31,6 +31,7 @@ import pandas as pd
 
 from recbole_mmprefer.data.atomic import read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.utils import json_lines
 
 EXPLANATION_COLUMNS = ["user_id", "item_id", "title", "user_profile", "item_profile", "explanation", "split",
                        "profile_source", "explanation_source"]
@@ -116,18 +117,11 @@ def read_explanation_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise MissingInputError(f"Explanation table {path} not found: `mmprefer import` writes it")
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
-            missing = [column for column in EXPLANATION_COLUMNS if column not in record]
-            if missing:
-                raise InputError(f"{path}, line {line_number}: missing field(s) {missing}")
-            records.append(record)
+    for line_number, record in json_lines(path):
+        missing = [column for column in EXPLANATION_COLUMNS if column not in record]
+        if missing:
+            raise InputError(f"{path}, line {line_number}: missing field(s) {missing}")
+        records.append(record)
     table = pd.DataFrame.from_records(records, columns=EXPLANATION_COLUMNS + (
         ["baselines"] if any("baselines" in r for r in records) else []))
     _check_table(table, str(path))

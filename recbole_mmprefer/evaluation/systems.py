@@ -22,6 +22,7 @@ import pandas as pd
 
 from recbole_mmprefer.data.explanations import SPLITS
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.utils import json_lines
 
 GENERATION_FIELDS = ("user_id", "item_id", "explanation")
 
@@ -32,20 +33,11 @@ def read_generations(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise MissingInputError(f"Generation file {path} not found")
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}, line {number}: expected a JSON object")
-            for field in GENERATION_FIELDS:
-                if not isinstance(record.get(field), (str, int)) or (field != "explanation" and record[field] == ""):
-                    raise InputError(f"{path}, line {number}: field {field!r} missing or not a string")
-            records.append({field: str(record[field]) for field in GENERATION_FIELDS})
+    for number, record in json_lines(path):
+        for field in GENERATION_FIELDS:
+            if not isinstance(record.get(field), (str, int)) or (field != "explanation" and record[field] == ""):
+                raise InputError(f"{path}, line {number}: field {field!r} missing or not a string")
+        records.append({field: str(record[field]) for field in GENERATION_FIELDS})
     frame = pd.DataFrame.from_records(records, columns=list(GENERATION_FIELDS))
     duplicated = frame.duplicated(["user_id", "item_id"])
     if duplicated.any():
