@@ -18,7 +18,7 @@ from typing import List, Optional
 from recbole.utils import init_logger, init_seed
 
 from recbole_mmprefer.config import Config
-from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.errors import InputError, MissingInputError, TrainingDiverged
 
 # Stage commands build their config as for MMPSASRec, the model that consumes them.
 STAGE_MODEL = "MMPSASRec"
@@ -258,7 +258,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     try:
         args.handler(args, overrides)
-    except (InputError, MissingInputError) as error:
+    except (InputError, MissingInputError, TrainingDiverged) as error:
         command = " ".join(filter(None, [args.command, getattr(args, "source_format", None)]))
         print(f"mmprefer {command}: error: {error}", file=sys.stderr)
         return 2

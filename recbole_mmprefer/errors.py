@@ -1,4 +1,4 @@
-"""Errors about the user's input: the command line prints them without a traceback."""
+"""Errors the command line prints without a traceback: bad input, and training that cannot go on."""
 
 
 class InputError(ValueError):
@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class MissingInputError(FileNotFoundError):
     """An input file that does not exist; the message names the command that makes it."""
+
+
+class TrainingDiverged(ArithmeticError):
+    """A loss that is not finite; the message names the step, the batch and the last good checkpoint."""

@@ -213,12 +213,21 @@ def load_causal_lm(path: Optional[PathLike] = None, dtype: str = "float32",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_llm_path(path, cache_dir)
+    name = str(path if path is not None else folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+        model, loading = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype),
+                                                              output_loading_info=True)
     except OSError as error:
-        raise MissingInputError(f"{str(path if path is not None else folder)!r} is not a causal LM that loads "
-                                f"offline ({error})") from None
+        raise MissingInputError(f"{name!r} is not a causal LM that loads offline ({error})") from None
+    except ValueError as error:  # transformers: no causal-LM class for this configuration
+        raise InputError(f"{name!r} is not a causal LM ({str(error).splitlines()[0]})") from None
+    # An encoder (BERT) or a seq2seq (BART) checkpoint loads into a causal-LM class with fresh random weights.
+    missing = sorted(loading["missing_keys"])
+    if missing:
+        raise InputError(f"{name!r} is not a causal LM (architectures {model.config.architectures}): as "
+                         f"{type(model).__name__} it would start {len(missing)} weights at random, e.g. "
+                         f"{missing[:3]}. Give a decoder-only checkpoint (llm_path).")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), prepare_tokenizer(tokenizer, folder)
 

@@ -15,7 +15,7 @@ import yaml
 from tiny_models import write_tiny_llama
 
 from recbole_mmprefer.data.explanations import EXPLANATION_COLUMNS, write_explanation_table
-from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.errors import InputError, TrainingDiverged
 from recbole_mmprefer.evaluation.systems import read_generations
 from recbole_mmprefer.explainer.generate import generate_explanations
 from recbole_mmprefer.explainer.graph_encoder import PathSubgraphBuilder
@@ -162,6 +162,23 @@ def test_loss_falls_over_a_few_steps(llama):
     assert all(grad is None for grad in grads)
 
 
+def repeated_ngrams(tokens, size):
+    grams = [tuple(tokens[n:n + size]) for n in range(len(tokens) - size + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_no_repeat_ngram_size_stops_greedy_loops(llama):
+    cfg = config(llama)
+    model = ExplainerModel.from_config(cfg, DIM)
+    model.eval()
+    batch, graphs = train_data(model, cfg).batch([0, 1, 2], model.tokenizer.pad_token_id, True, True)
+    with torch.no_grad():
+        looping = model.generate(batch, graphs, max_new_tokens=40, min_new_tokens=40)
+        fixed = model.generate(batch, graphs, max_new_tokens=40, min_new_tokens=40, no_repeat_ngram_size=2)
+    assert sum(repeated_ngrams(row, 2) for row in looping) > 0  # the untrained model loops under greedy decoding
+    assert [repeated_ngrams(row, 2) for row in fixed] == [0, 0, 0] and all(len(row) == 40 for row in fixed)
+
+
 def test_train_checkpoints_reload_and_resume(llama, tmp_path):
     cfg = config(llama)
     out = train_explainer(cfg, tmp_path / "full", **inputs())
@@ -204,6 +221,27 @@ def test_train_checkpoints_reload_and_resume(llama, tmp_path):
         torch.testing.assert_close(again[name], value, rtol=1e-5, atol=1e-6)
     losses = [(entry["train_loss"], entry["valid_loss"]) for entry in read_json(resumed / "meta.json")["history"]]
     assert np.allclose(losses, [(entry["train_loss"], entry["valid_loss"]) for entry in meta["history"]])
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(llama, tmp_path, monkeypatch):
+    cfg = config(llama)
+    forward = ExplainerModel.forward
+    calls = []
+
+    def poisoned(self, batch, graphs=None):
+        loss = forward(self, batch, graphs)
+        calls.append(self.training)
+        return loss * float("nan") if calls.count(True) == 4 else loss  # epoch 2 (2 steps per epoch), step 2
+
+    monkeypatch.setattr(ExplainerModel, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"explainer loss is nan at epoch 2, step 2, batch of pairs "
+                                               r"\(u\d, i\d\), \(u\d, i\d\): .*checkpoint-epoch1, is intact"):
+        train_explainer(cfg, tmp_path / "model", **inputs())
+    assert (tmp_path / "model" / "checkpoint-epoch1").is_dir()
+    assert not (tmp_path / "model" / "checkpoint-epoch2").exists() and not (tmp_path / "model" / ADAPTER_FILE).exists()
+    monkeypatch.setattr(ExplainerModel, "forward", forward)
+    resumed = train_explainer(cfg, tmp_path / "model", **inputs())
+    assert read_json(resumed / "meta.json")["resumed_after_epoch"] == 1
 
 
 def read_lines(path):

@@ -14,6 +14,7 @@ from tiny_models import (
     smollm2_once,
     torch_threads,
     word_tokenizer,
+    write_tiny_bart,
     write_tiny_llama,
 )
 
@@ -84,6 +85,19 @@ def test_load_a_local_model_by_path(tiny_llama):
         load_causal_lm(tiny_llama, dtype="int8")
     with pytest.raises(MissingInputError, match="is not a causal LM that loads offline"):
         load_causal_lm(str(tiny_llama.parent / "absent"))
+
+
+def test_an_encoder_or_seq2seq_checkpoint_is_refused_as_the_llm(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    bert = tmp_path / "bert"
+    word_tokenizer().save_pretrained(bert)
+    BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(bert)
+    with pytest.raises(InputError, match=r"bert' is not a causal LM \(architectures \['BertModel'\]\).*at random"):
+        load_causal_lm(bert)
+    with pytest.raises(InputError, match=r"is not a causal LM \(architectures \['BartForConditionalGeneration'\]\)"):
+        load_causal_lm(write_tiny_bart(tmp_path / "bart"))
 
 
 def test_pad_token_falls_back_to_end_of_text():

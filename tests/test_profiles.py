@@ -33,6 +33,9 @@ u3\t41\tM
 """
 U1_PROFILE = ("4 interactions. Most frequent genres: Comedy (2), Drama (2), Action (1). "
               "Latest items: Delta; Gamma, the Return; Beta Night. Mean rating: 3.50.")
+# The default holds out u1's last interaction (Delta, timestamp 400): what `mmprefer run` explains.
+U1_HELD_OUT_PROFILE = ("3 interactions. Most frequent genres: Drama (2), Action (1), Comedy (1). "
+                       "Latest items: Gamma, the Return; Beta Night; Alpha Story. Mean rating: 3.67.")
 I1_PROFILE = "Alpha Story (1995). Genres: Comedy, Drama."
 I3_PROFILE = "Gamma, the Return (2001). Genres: Drama, Action."
 
@@ -58,7 +61,7 @@ def output(folder: Path) -> Path:
 
 def config_for(folder: Path, **overrides) -> dict:
     return {"data_path": str(folder), "dataset": folder.name, "run_dir": str(run_root(folder)),
-            "profile_history_length": 3, **overrides}
+            "profile_history_length": 3, "profile_hold_out": False, **overrides}
 
 
 def profiles(folder: Path, suffix: str) -> dict:
@@ -165,6 +168,34 @@ def test_amazon_style_items_leave_out_media_and_clip_long_text(folder):
                               '"Does not leak!".')
 
 
+def test_profiles_never_name_a_held_out_item(folder):
+    """Default profile_hold_out: no user or item profile names or quotes the pair it will explain."""
+    reviews = [{"user_id": "u1", "item_id": "i4", "review": "Delta made me laugh.", "timestamp": 400},
+               {"user_id": "u1", "item_id": "i1", "review": "Loved it.", "timestamp": 100}]
+    (folder / "tiny.reviews.jsonl").write_text("".join(json.dumps(record) + "\n" for record in reviews))
+    config = {key: value for key, value in config_for(folder).items() if key != "profile_hold_out"}
+    build_profiles(config)
+    users, items = profiles(folder, "user"), profiles(folder, "item")
+    assert users["u1"][0] == U1_HELD_OUT_PROFILE + ' Reviews: "Loved it.".'
+    assert users["u2"] == ("", "")  # its only interaction is the held-out one
+    assert items["i4"][0] == "Delta. Genres: Comedy."  # the held-out review is not quoted
+    assert items["i1"][0] == 'Alpha Story (1995). Genres: Comedy, Drama. Reviews: "Loved it.".'
+
+    write_pairs(folder, [("u1", "i3")])  # explained pairs are held out too
+    build_profiles(config, force=True)
+    assert profiles(folder, "user")["u1"][0] == ("2 interactions. Most frequent genres: Comedy (1), Drama (1), "
+                                                 'Horror (1). Latest items: Beta Night; Alpha Story. Mean rating: '
+                                                 '3.50. Reviews: "Loved it.".')
+
+    (folder / "tiny.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\tsplit:token\n"
+                                       "u1\ti1\t100\ttrain\nu1\ti2\t200\tvalid\nu1\ti4\t400\ttrain\n")
+    (folder / "tiny.expl.jsonl").unlink()
+    build_profiles(config, force=True)  # with a split field, only its train rows
+    assert profiles(folder, "user")["u1"][0] == ("2 interactions. Most frequent genres: Comedy (2), Drama (1). "
+                                                 'Latest items: Delta; Alpha Story. Reviews: "Loved it."; '
+                                                 '"Delta made me laugh.".')
+
+
 def test_bundled_ml100k_profiles_leave_the_installed_files_alone(tmp_path):
     import recbole
 
@@ -178,7 +209,7 @@ def test_bundled_ml100k_profiles_leave_the_installed_files_alone(tmp_path):
     assert items.loc["1", "profile"] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
     assert report["users"]["written"] == 943 and report["items"]["written"] == 1682
     assert read_atomic_file(folder / "ml-100k.user").set_index("user_id").loc["1", "profile"].startswith(
-        "272 interactions. Most frequent genres: Drama (107), Comedy (91), Action (75).")
+        "271 interactions. Most frequent genres: Drama (107), Comedy (91), Action (75).")  # the last one held out
 
 
 # ----------------------------------------------------------------------------- sources never mix
@@ -266,7 +297,7 @@ def test_recbole_config_knows_the_keys(folder):
                                  "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}})
     assert config["profile_method"] == "template"
     build_profiles(config)
-    assert profiles(folder, "user")["u1"] == (U1_PROFILE, "template")
+    assert profiles(folder, "user")["u1"] == (U1_HELD_OUT_PROFILE, "template")
 
 
 # ----------------------------------------------------------------------------- LLM sources
@@ -343,6 +374,6 @@ def test_cli_profiles_command(folder, capsys):
 
     assert mmprefer(["profiles", "--dataset", "tiny", f"--data_path={folder.parent}",
                      "--profile_history_length=3"]) == 0
-    assert profiles(folder, "user")["u1"] == (U1_PROFILE, "template")
+    assert profiles(folder, "user")["u1"] == (U1_HELD_OUT_PROFILE, "template")
     assert mmprefer(["profiles", "--dataset", "tiny", f"--data_path={folder.parent}", "--source", "llm"]) == 2
     assert "mmprefer profiles: error: --source llm needs exactly one of" in capsys.readouterr().err

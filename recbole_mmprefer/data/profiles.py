@@ -166,7 +166,15 @@ class History:
     ratings: Optional[Dict[str, List[float]]]
 
 
-def read_history(config, path: Path) -> History:
+def read_history(config, path: Path, held_out_pairs: Sequence[Tuple[str, str]] = ()) -> History:
+    """Each user's interactions in time order; with ``profile_hold_out`` only those a profile may name.
+
+    Held out are the rows outside ``split == train`` when the file has a split
+    field, otherwise each user's last interaction (RecBole's leave-one-out test
+    item, and the pair ``mmprefer run`` explains), and every pair in
+    ``held_out_pairs`` (the explanation table's): a profile must not name the
+    item it is asked to explain.
+    """
     frame = read_atomic_file(path)
     user_field, item_field = setting(config, "USER_ID_FIELD"), setting(config, "ITEM_ID_FIELD")
     for column in (user_field, item_field):
@@ -176,13 +184,28 @@ def read_history(config, path: Path) -> History:
     if time_field in frame.columns:
         order = pd.to_numeric(frame[time_field], errors="coerce")
         frame = frame.iloc[np.argsort(order.to_numpy(), kind="stable")]
+    users = list(dict.fromkeys(frame[user_field]))  # a user whose interactions are all held out stays known
+    if setting(config, "profile_hold_out"):
+        frame = _without_held_out(frame, user_field, item_field, held_out_pairs)
     ratings = None
     if rating_field in frame.columns:
         frame = frame.assign(_rating=pd.to_numeric(frame[rating_field], errors="coerce"))
         ratings = {user: [r for r in group if not np.isnan(r)] for user, group in
                    frame.groupby(user_field, sort=False)["_rating"]}
-    items = {user: list(group) for user, group in frame.groupby(user_field, sort=False)[item_field]}
-    return History(items, ratings)
+    kept = {user: list(group) for user, group in frame.groupby(user_field, sort=False)[item_field]}
+    return History({user: kept.get(user, []) for user in users}, ratings)
+
+
+def _without_held_out(frame: pd.DataFrame, user_field: str, item_field: str,
+                      held_out_pairs: Sequence[Tuple[str, str]]) -> pd.DataFrame:
+    if "split" in frame.columns:
+        frame = frame[frame["split"] == "train"]
+    else:
+        frame = frame[frame.groupby(user_field, sort=False).cumcount(ascending=False) > 0]
+    if len(held_out_pairs):
+        pairs = pd.MultiIndex.from_tuples(list(held_out_pairs))
+        frame = frame[~pd.MultiIndex.from_arrays([frame[user_field], frame[item_field]]).isin(pairs)]
+    return frame
 
 
 @dataclass
@@ -193,8 +216,11 @@ class Reviews:
     by_item: Dict[str, List[str]] = field(default_factory=dict)
 
 
-def read_reviews(path: Path) -> Reviews:
-    """``<name>.reviews.jsonl`` when present (empty otherwise); a bad line is an error naming it."""
+def read_reviews(path: Path, keep: Optional[Callable[[str, str], bool]] = None) -> Reviews:
+    """``<name>.reviews.jsonl`` when present (empty otherwise); a bad line is an error naming it.
+
+    ``keep(user, item)`` selects the reviews used (all by default).
+    """
     reviews = Reviews()
     if not path.is_file():
         return reviews
@@ -205,6 +231,8 @@ def read_reviews(path: Path) -> Reviews:
                 records.append(_review_record(path, number, line))
     records.sort(key=lambda record: record[0])
     for _, user, item, text in records:
+        if keep is not None and not keep(user, item):
+            continue
         reviews.by_user.setdefault(user, []).append((item, text))
         reviews.by_item.setdefault(item, []).append(text)
     return reviews
@@ -340,17 +368,27 @@ def load_inputs(config) -> ProfileInputs:
         if not path.is_file():
             raise MissingInputError(f"{path} not found: profiles are written from the data set's {what}")
     items = read_node_table(item_path, setting(config, "ITEM_ID_FIELD"))
-    history = read_history(config, inter_path)
+    table_path = _data_file(config, "expl.jsonl")
+    explained = read_explanation_table(table_path) if table_path.is_file() else None
+    history = read_history(config, inter_path, [] if explained is None else
+                           list(zip(explained["user_id"], explained["item_id"])))
+    # A held-out pair's review would leak its explanation: keep only reviews of pairs in the history.
+    keep = _in_history(history) if setting(config, "profile_hold_out") else None
     users = read_user_table(_data_file(config, "user"), setting(config, "USER_ID_FIELD"), list(history.items))
     spec = resolve_item_fields(config, items)
     rows = items.frame.to_dict(orient="records")
     tokens, brief = items.frame[items.id_field].tolist(), spec.brief()
     return ProfileInputs(
-        items=items, users=users, history=history, reviews=read_reviews(_data_file(config, "reviews.jsonl")),
+        items=items, users=users, history=history, reviews=read_reviews(_data_file(config, "reviews.jsonl"), keep),
         spec=spec, descriptions={token: item_description(row, spec) for token, row in zip(tokens, rows)},
         brief={token: item_description(row, brief) for token, row in zip(tokens, rows)},
         titles={token: row[spec.title].strip() or token for token, row in zip(tokens, rows)},
         groups={token: split_values(row[spec.group]) if spec.group else [] for token, row in zip(tokens, rows)})
+
+
+def _in_history(history: History) -> Callable[[str, str], bool]:
+    pairs = {(user, item) for user, items in history.items.items() for item in items}
+    return lambda user, item: (user, item) in pairs
 
 
 def _review_texts(config, reviews: Sequence[str]) -> List[str]:

@@ -73,8 +73,8 @@ logger = logging.getLogger(__name__)
 
 ZERO_SHOT = {"explainer_lora": False, "explainer_graph_level": False}
 DECODING_KEYS = ("explainer_decoding", "explainer_num_beams", "explainer_temperature", "explainer_top_p",
-                 "explainer_max_new_tokens", "explainer_min_new_tokens", "explainer_generation_batch_size",
-                 "explainer_bf16")
+                 "explainer_max_new_tokens", "explainer_min_new_tokens", "explainer_repetition_penalty",
+                 "explainer_no_repeat_ngram_size", "explainer_generation_batch_size", "explainer_bf16")
 
 
 def generations_dir(config) -> Path:
@@ -90,6 +90,8 @@ def decoding_settings(config) -> Dict[str, object]:
                          f"got {settings['explainer_decoding']!r}")
     if int(settings["explainer_generation_batch_size"]) < 1 or int(settings["explainer_num_beams"]) < 1:
         raise InputError("explainer_generation_batch_size and explainer_num_beams must be >= 1")
+    if float(settings["explainer_repetition_penalty"]) <= 0 or int(settings["explainer_no_repeat_ngram_size"]) < 0:
+        raise InputError("explainer_repetition_penalty must be > 0 and explainer_no_repeat_ngram_size >= 0")
     return settings
 
 
@@ -279,7 +281,9 @@ def _generate_shard(model: ExplainerModel, prompt_records: List[dict], indices: 
                                             num_beams=int(decoding["explainer_num_beams"]),
                                             temperature=float(decoding["explainer_temperature"]),
                                             top_p=float(decoding["explainer_top_p"]),
-                                            min_new_tokens=int(decoding["explainer_min_new_tokens"]))
+                                            min_new_tokens=int(decoding["explainer_min_new_tokens"]),
+                                            repetition_penalty=float(decoding["explainer_repetition_penalty"]),
+                                            no_repeat_ngram_size=int(decoding["explainer_no_repeat_ngram_size"]))
             for n, tokens in zip(chunk, new_tokens):
                 record = records[n]
                 paths = [{"types": path.get("types"), "tokens": path.get("tokens")}

@@ -22,6 +22,7 @@ the NLL is taken on the explanation tokens and their EOS only).
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -164,22 +165,27 @@ class ExplainerModel(nn.Module):
     @torch.no_grad()
     def generate(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None,
                  max_new_tokens: int = 96, decoding: str = "greedy", num_beams: int = 4, temperature: float = 0.7,
-                 top_p: float = 0.9, min_new_tokens: int = 0) -> List[List[int]]:
+                 top_p: float = 0.9, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> List[List[int]]:
         """New token ids per row of a left-padded batch (EOS and what follows dropped); EOS is barred from the
-        first ``min_new_tokens`` steps."""
+        first ``min_new_tokens`` steps. The repetition settings see only the new tokens (the prompt goes in as
+        embeddings), so they stop the explanation repeating itself, not it quoting the prompt."""
         if decoding not in DECODINGS:
             raise InputError(f"explainer_decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
         embeds = self.embed(batch["input_ids"], batch["soft_positions"], graphs)
         options = {"do_sample": decoding == "sample", "num_beams": num_beams if decoding == "beam" else 1,
-                   "min_new_tokens": min(int(min_new_tokens), int(max_new_tokens))}
+                   "min_new_tokens": min(int(min_new_tokens), int(max_new_tokens)),
+                   "repetition_penalty": float(repetition_penalty), "no_repeat_ngram_size": int(no_repeat_ngram_size)}
         if decoding == "sample":
             options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
         eos = self.tokenizer.eos_token_id
         # LoRA layers are injected in place: the peft wrapper's base model generates with them
         llm = self.llm.get_base_model() if self.lora is not None else self.llm
-        output = llm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
-                              max_new_tokens=int(max_new_tokens), pad_token_id=self.tokenizer.pad_token_id,
-                              eos_token_id=eos, use_cache=True, **options)
+        with warnings.catch_warnings():  # that the n-gram rule sees only new tokens is what we want
+            warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds")
+            output = llm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
+                                  max_new_tokens=int(max_new_tokens), pad_token_id=self.tokenizer.pad_token_id,
+                                  eos_token_id=eos, use_cache=True, **options)
         rows = []
         for row in output.tolist():  # decoder-only from inputs_embeds: only the new tokens come back
             if eos is not None and eos in row:

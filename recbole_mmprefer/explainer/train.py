@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.errors import InputError, MissingInputError, TrainingDiverged
 from recbole_mmprefer.explainer.model import ExplainerModel, setting
 from recbole_mmprefer.explainer.prompts import Example, NodeText, PromptSettings, build_example, collate
 from recbole_mmprefer.utils import is_up_to_date, json_sha256, read_json, write_json
@@ -383,6 +383,8 @@ def train_explainer(config, out_dir: Optional[Path] = None, *, table: Optional[p
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss = model(batch, graphs)
+                if not torch.isfinite(loss.detach()):
+                    raise _diverged(loss, epoch, step, [train_data.records[n] for n in indices], out_dir)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -421,6 +423,17 @@ def train_explainer(config, out_dir: Optional[Path] = None, *, table: Optional[p
                     out_dir)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def _diverged(loss: torch.Tensor, epoch: int, step: int, records: Sequence[dict], out_dir: Path) -> TrainingDiverged:
+    pairs = ", ".join(f"({record['user_id']}, {record['item_id']})" for record in records)
+    done = sorted((int(CHECKPOINT.match(folder.name).group(1)), folder) for folder in out_dir.iterdir()
+                  if CHECKPOINT.match(folder.name)) if out_dir.is_dir() else []
+    kept = (f"the last good checkpoint, {done[-1][1]}, is intact and a rerun resumes from it" if done else
+            "no checkpoint was written yet")
+    return TrainingDiverged(f"explainer loss is {float(loss)} at epoch {epoch}, step {step}, batch of pairs "
+                            f"{pairs}: training stopped before the update; {kept}. Lower explainer_learning_rate "
+                            f"or turn explainer_bf16 off.")
 
 
 def _write_checkpoint(out_dir: Path, epoch: int, model: ExplainerModel, optimizer, resume_hash: str,
