@@ -131,7 +131,8 @@ def cmd_evaluate(args: argparse.Namespace, overrides: List[str]) -> None:
             raise InputError(f"--system {entry!r}: write it NAME=FILE (a JSON-lines generation file)")
         files[name] = Path(path)
     out_dir = evaluate(config, files, split=None if args.split == "all" else args.split,
-                       published=not args.no_published, baselines=not args.no_baselines, name=args.name)
+                       published=not args.no_published, baselines=not args.no_baselines, name=args.name,
+                       max_rows=args.max_rows)
     print((out_dir / "table.md").read_text())
     print(f"Report: {out_dir}")
 
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--no_baselines", "--no-baselines", action="store_true",
                             help="leave out the item-template and nearest-neighbour baselines")
     evaluation.add_argument("--name", default=None, help="report folder name (default: the split)")
+    evaluation.add_argument("--max_rows", "--max-rows", type=int, default=None,
+                            help="score the first N rows of the split only (a CPU budget)")
     evaluation.set_defaults(handler=cmd_evaluate)
     run = stage("run", "Every stage in order (features, quantizer, MMPSASRec, profiles, paths, explainer, "
                 "generation, evaluation), each skipped when up to date; ends in <run_dir>/report/",

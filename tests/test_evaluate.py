@@ -84,6 +84,16 @@ def test_cheap_baselines():
     assert nearest["explanation"].tolist()[0] == "because recipes"  # never the pair itself
 
 
+def test_max_rows_scores_the_first_rows_of_the_split(tmp_path):
+    table = write_table(tmp_path / "data" / "toy")
+    first = tmp_path / "first.jsonl"
+    write_generations(first, table[table["split"] == "test"].head(1)[["user_id", "item_id", "explanation"]])
+    out = evaluate(config_for(tmp_path), {"oracle": first}, split="test", max_rows=1, baselines=False)
+    scores = read_json(out / "scores.json")
+    assert scores["context"]["rows"] == 1 and scores["context"]["split"] == "test (its first 1 rows)"
+    assert set(pd.read_csv(out / "per_sample.csv")["user_id"]) == {"u4"}
+
+
 def test_mismatched_systems_are_refused_with_both_sides_reported(tmp_path):
     table = write_table(tmp_path / "data" / "toy")
     partial = tmp_path / "partial.jsonl"

@@ -141,6 +141,19 @@ def test_only_lora_gnn_and_adapter_are_trainable(llama):
         ExplainerModel.from_config(config(llama, explainer_lora_targets=["nope"]), DIM)
 
 
+@pytest.mark.parametrize("lora", [True, False])
+def test_the_loss_equals_the_lms_own_loss_on_the_labels(llama, lora):
+    cfg = config(llama, explainer_lora=lora)
+    model = ExplainerModel.from_config(cfg, DIM).eval()
+    data = train_data(model, cfg)
+    batch, graphs = data.batch([0, 1, 2, 3], model.tokenizer.pad_token_id, False, True)
+    with torch.no_grad():
+        ours = model(batch, graphs)
+        embeds = model.embed(batch["input_ids"], batch["soft_positions"], graphs)
+        theirs = model.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
 def test_loss_falls_over_a_few_steps(llama):
     cfg = config(llama)
     model = ExplainerModel.from_config(cfg, DIM)

@@ -77,6 +77,22 @@ def test_without_semantic_ids_uses_raw_features_only(prepared):
     assert model.item_embedding.weight.shape == (dataset.item_num, 16)
 
 
+def test_item_id_embedding_tells_apart_items_with_identical_features(prepared):
+    config, dataset, (train_data, _, _) = prepared
+    model = build_model(config, train_data, use_semantic_ids=False, item_id_embedding_size=4)
+    assert model.item_embedding.projection.in_features == 16 + 4
+    embedding = model.item_embedding
+    embedding.features_text[2] = embedding.features_text[1]  # two items whose text is the same
+    table = embedding.weight
+    assert not torch.allclose(table[1], table[2])
+    assert torch.equal(table[0], torch.zeros(16))
+    model.calculate_loss(next(iter(train_data))).backward()
+    assert embedding.id_embedding.weight.grad.abs().sum() > 0
+    without = build_model(config, train_data, use_semantic_ids=False).item_embedding
+    without.features_text[2] = without.features_text[1]
+    assert torch.allclose(without.weight[1], without.weight[2])
+
+
 def test_loss_falls_over_a_few_steps(prepared):
     config, _, (train_data, _, _) = prepared
     model = build_model(config, train_data, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)

@@ -93,10 +93,16 @@ def model_scorers(config, metrics: List[str], cache_dir: Path):
 
 
 def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: Optional[str] = "test",
-             published: bool = True, baselines: bool = True, name: Optional[str] = None) -> Path:
-    """Score every system on the same rows of the explanation table; write the report and return its folder."""
+             published: bool = True, baselines: bool = True, name: Optional[str] = None,
+             max_rows: Optional[int] = None) -> Path:
+    """Score every system on the same rows of the explanation table; write the report and return its folder.
+
+    ``max_rows`` keeps the first rows of the split only (a CPU budget); the report says so.
+    """
     table = read_explanation_table(explanation_table_path(Path(config["data_path"]), config["dataset"]))
     rows = reference_rows(table, split)
+    if max_rows is not None:
+        rows = rows.head(int(max_rows)).reset_index(drop=True)
     metrics = requested_metrics(config)
     systems, sources = collect_systems(config, table, rows, dict(generation_files or {}), published, baselines)
     candidates, left_out = align(rows, systems, table)
@@ -104,7 +110,8 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
     cache_dir = run_dir(config) / "evaluation" / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     results, absent, used = score_systems(config, candidates, rows["explanation"].tolist(), metrics, cache_dir)
-    context = {"dataset": config["dataset"], "split": split or "all", "rows": len(rows), "systems": sources,
+    split_name = (split or "all") + (f" (its first {len(rows)} rows)" if max_rows is not None else "")
+    context = {"dataset": config["dataset"], "split": split_name, "rows": len(rows), "systems": sources,
                "pairs left out (other splits)": {k: v for k, v in left_out.items() if v},
                "metrics": metrics, **used}
     with atomic_directory(out_dir) as staging:

@@ -16,7 +16,9 @@ those parameters, so a checkpoint is small (a few MB for SmolLM2-135M).
 ``forward`` embeds the prompt's token ids with the LLM's input embeddings,
 writes the soft prompt at the reserved positions (:func:`place_soft_prompts`)
 and returns the LM's loss with the batch's ``labels`` (-100 on the prompt, so
-the NLL is taken on the explanation tokens and their EOS only).
+the NLL is taken on the explanation tokens and their EOS only). The vocabulary
+head runs on the labelled positions only: the same loss as the LM's own, without
+the prompt's logits (the largest tensor of a training step).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.graph_encoder import GraphSoftPrompt, build_graph_soft_prompt, place_soft_prompts
+from recbole_mmprefer.explainer.prompts import IGNORE_INDEX
 from recbole_mmprefer.resources import stage_setting
 
 logger = logging.getLogger(__name__)
@@ -158,9 +161,17 @@ class ExplainerModel(nn.Module):
     def forward(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None) -> Tensor:
         """The LM loss of a :func:`collate` batch (NLL on the labelled explanation tokens)."""
         embeds = self.embed(batch["input_ids"], batch["soft_positions"], graphs)
-        output = self.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
-                          labels=batch["labels"].to(self.device))
-        return output.loss
+        attention_mask, labels = batch["attention_mask"].to(self.device), batch["labels"].to(self.device)
+        causal_lm = self.llm.get_base_model() if self.lora is not None else self.llm
+        if getattr(causal_lm.config, "final_logit_softcapping", None) is not None:  # e.g. Gemma 2: the LM's own head
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels).loss
+        # The vocabulary head only where a label is: most positions are prompt, and their
+        # [tokens, vocabulary] logits would take most of the step's memory.
+        hidden = causal_lm.base_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][supervised])
+        return nn.functional.cross_entropy(logits.float(), targets[supervised])
 
     @torch.no_grad()
     def generate(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None,

@@ -8,7 +8,9 @@ layer-normalised, and the concatenation over modalities is projected to
 ``hidden_size`` and fed to SASRec's transformer.
 Training is InfoNCE over all items (eq. 6): a softmax cross-entropy over
 temperature-scaled similarities. ``use_semantic_ids: False`` is the paper's
-"w/o Multi-SID" ablation (raw features only).
+"w/o Multi-SID" ablation (raw features only). ``item_id_embedding_size > 0``
+adds a learned per-item ID embedding as one more part (not in the paper): it
+tells apart items whose features coincide, e.g. items without any text.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class MultimodalItemEmbedding(nn.Module):
 
     def __init__(self, features: Dict[str, torch.Tensor], semantic_ids: Optional[Dict[str, torch.Tensor]],
                  codebooks: Optional[Dict[str, torch.Tensor]], mlp_hidden: int, out_size: int,
-                 hidden_size: int, dropout: float):
+                 hidden_size: int, dropout: float, id_embedding_size: int = 0):
         super().__init__()
         self.modalities = list(features)
         self.use_semantic_ids = semantic_ids is not None
@@ -50,11 +52,15 @@ class MultimodalItemEmbedding(nn.Module):
             part_sizes.append(out_size)
             if self.use_semantic_ids:
                 part_sizes.append(codebooks[m].shape[-1])
+        n_items = len(next(iter(features.values())))
+        self.id_embedding = nn.Embedding(n_items, id_embedding_size) if id_embedding_size > 0 else None
+        if self.id_embedding is not None:
+            part_sizes.append(id_embedding_size)
         # Raw-feature MLP outputs start near zero while RQ-VAE codes have norm ~1-3:
         # normalising each part keeps both halves in play from the first step.
         self.part_norms = nn.ModuleList(nn.LayerNorm(size) for size in part_sizes)
         self.projection = nn.Linear(sum(part_sizes), hidden_size)
-        not_padding = torch.ones(len(next(iter(features.values()))), 1)
+        not_padding = torch.ones(n_items, 1)
         not_padding[0] = 0.0
         self.register_buffer("not_padding", not_padding)
 
@@ -71,6 +77,8 @@ class MultimodalItemEmbedding(nn.Module):
             parts.append(self.mlps[m](getattr(self, f"features_{m}")))
             if self.use_semantic_ids:
                 parts.append(self.code_sum(m))
+        if self.id_embedding is not None:
+            parts.append(self.id_embedding.weight)
         parts = [norm(part) for norm, part in zip(self.part_norms, parts)]
         return self.projection(torch.cat(parts, dim=-1)) * self.not_padding
 
@@ -95,6 +103,8 @@ class MMPSASRec(SASRec):
         self.item_embedding = self._build_item_embedding(config, list(dataset.field2id_token[self.ITEM_ID]))
         self.item_embedding.mlps.apply(self._init_weights)
         self.item_embedding.projection.apply(self._init_weights)
+        if self.item_embedding.id_embedding is not None:
+            self.item_embedding.id_embedding.apply(self._init_weights)
 
     def _build_item_embedding(self, config, item_tokens) -> MultimodalItemEmbedding:
         command = f"mmprefer features --dataset {config['dataset']}"
@@ -107,7 +117,8 @@ class MMPSASRec(SASRec):
             semantic_ids = {m: torch.as_tensor(ids) for m, (ids, _) in loaded.items()}
             codebooks = {m: torch.as_tensor(books) for m, (_, books) in loaded.items()}
         return MultimodalItemEmbedding(features, semantic_ids, codebooks, config["feature_mlp_hidden"],
-                                       config["feature_out_size"], self.hidden_size, config["feature_dropout_prob"])
+                                       config["feature_out_size"], self.hidden_size, config["feature_dropout_prob"],
+                                       int(config["item_id_embedding_size"] or 0))
 
     def _normalise(self, vectors: torch.Tensor) -> torch.Tensor:
         return F.normalize(vectors, dim=-1) if self.similarity == "cos" else vectors
