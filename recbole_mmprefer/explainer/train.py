@@ -431,7 +431,7 @@ def _diverged(loss: torch.Tensor, epoch: int, step: int, records: Sequence[dict]
                   if CHECKPOINT.match(folder.name)) if out_dir.is_dir() else []
     kept = (f"the last good checkpoint, {done[-1][1]}, is intact and a rerun resumes from it" if done else
             "no checkpoint was written yet")
-    return TrainingDiverged(f"explainer loss is {float(loss)} at epoch {epoch}, step {step}, batch of pairs "
+    return TrainingDiverged(f"explainer loss is {float(loss.detach())} at epoch {epoch}, step {step}, batch of pairs "
                             f"{pairs}: training stopped before the update; {kept}. Lower explainer_learning_rate "
                             f"or turn explainer_bf16 off.")
 
