@@ -90,7 +90,8 @@ def test_max_rows_scores_the_first_rows_of_the_split(tmp_path):
     write_generations(first, table[table["split"] == "test"].head(1)[["user_id", "item_id", "explanation"]])
     out = evaluate(config_for(tmp_path), {"oracle": first}, split="test", max_rows=1, baselines=False)
     scores = read_json(out / "scores.json")
-    assert scores["context"]["rows"] == 1 and scores["context"]["split"] == "test (its first 1 rows)"
+    assert scores["context"]["rows"] == 1 and scores["context"]["rows scored"] == "the first 1 of the split's 2"
+    assert "- rows scored: the first 1 of the split's 2" in (out / "table.md").read_text()
     assert set(pd.read_csv(out / "per_sample.csv")["user_id"]) == {"u4"}
 
 

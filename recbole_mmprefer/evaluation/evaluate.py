@@ -101,7 +101,9 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
     """
     table = read_explanation_table(explanation_table_path(Path(config["data_path"]), config["dataset"]))
     rows = reference_rows(table, split)
-    if max_rows is not None:
+    subset = {}
+    if max_rows is not None and max_rows < len(rows):
+        subset = {"rows scored": f"the first {int(max_rows)} of the split's {len(rows)}"}
         rows = rows.head(int(max_rows)).reset_index(drop=True)
     metrics = requested_metrics(config)
     systems, sources = collect_systems(config, table, rows, dict(generation_files or {}), published, baselines)
@@ -110,8 +112,7 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
     cache_dir = run_dir(config) / "evaluation" / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     results, absent, used = score_systems(config, candidates, rows["explanation"].tolist(), metrics, cache_dir)
-    split_name = (split or "all") + (f" (its first {len(rows)} rows)" if max_rows is not None else "")
-    context = {"dataset": config["dataset"], "split": split_name, "rows": len(rows), "systems": sources,
+    context = {"dataset": config["dataset"], "split": split or "all", "rows": len(rows), **subset, "systems": sources,
                "pairs left out (other splits)": {k: v for k, v in left_out.items() if v},
                "metrics": metrics, **used}
     with atomic_directory(out_dir) as staging:
