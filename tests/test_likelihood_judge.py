@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -223,6 +224,23 @@ def test_local_judge_loads_nothing_when_cached(models, tmp_path, monkeypatch):
     monkeypatch.setattr(LocalLM, "__init__", refuse)
     again = judge_scores(CANDIDATES, REFERENCES, config, cache_path=cache)
     assert again.notes["cached"] == 8 and again.notes["generated"] == 0
+
+
+def test_judge_orders_identical_paraphrase_unrelated_when_its_model_can(chat_server):
+    """No judge-capable LM ships offline (SmolLM2-135M cannot judge), so a scripted endpoint that scores word
+    overlap stands in for a capable judge: the prompt must give it the reference and the prediction in their
+    slots, and its reply must come back as the score of the right pair."""
+    def overlap_judge(body):
+        prompt = body["messages"][-1]["content"]
+        reference = re.search(r"ground truth\): (.*)\n", prompt).group(1).lower().split()
+        prediction = re.search(r"Predicted explanation: (.*)\n", prompt).group(1).lower().split()
+        return f"Score: {round(100 * len(set(reference) & set(prediction)) / len(set(reference)))}"
+
+    config = {"eval_judge_api_base": chat_server(overlap_judge).base, "eval_judge_api_model": "overlap",
+              "eval_judge_api_retry_wait": 0.0}
+    same, paraphrase, unrelated = (judge_scores(candidates, REFERENCE, config).per_sample
+                                   for candidates in (REFERENCE, PARAPHRASE, UNRELATED))
+    assert np.all(same == 100) and np.all(same > paraphrase) and np.all(paraphrase > unrelated)
 
 
 def test_judge_through_an_openai_compatible_endpoint(chat_server, monkeypatch):
