@@ -21,10 +21,8 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import pandas as pd
-
 from recbole_mmprefer.config import run_dir
-from recbole_mmprefer.data.atomic import atomic_file_path, read_atomic_file
+from recbole_mmprefer.data.atomic import atomic_file_path, in_time_order, is_last_of_user, read_atomic_file
 from recbole_mmprefer.data.explanations import explanation_table_path, read_explanation_table, read_node_profiles
 from recbole_mmprefer.data.profiles import build_profiles, node_profile_folder
 from recbole_mmprefer.utils import atomic_directory, write_lines
@@ -54,11 +52,8 @@ def pairs_to_explain(config) -> Tuple[Optional[str], Optional[Path]]:
         return config["pipeline_split"], None
     frame = read_atomic_file(atomic_file_path(config, "inter"))
     user, item = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
-    time_field = config["TIME_FIELD"] if config["TIME_FIELD"] in frame.columns else None
-    if time_field:
-        frame = frame.assign(_time=pd.to_numeric(frame[time_field], errors="coerce")).sort_values(
-            [user, "_time"], kind="stable")
-    last = frame.groupby(user, sort=False).tail(1)
+    frame = in_time_order(frame, config["TIME_FIELD"])
+    last = frame[is_last_of_user(frame, user)]  # the interaction profiles hold out (data/profiles.py)
     users = sorted(last[user].unique(), key=lambda token: (len(token), token))[:config["pipeline_pairs"]]
     chosen = last.set_index(user).loc[users, item]
     pair_file = run_dir(config) / "pipeline" / "pairs.tsv"

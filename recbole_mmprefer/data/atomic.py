@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recbole_mmprefer.errors import InputError, MissingInputError
@@ -28,6 +29,19 @@ def read_atomic_file(path: Path, separator: str = "\t") -> pd.DataFrame:
         raise InputError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
     frame.columns = [column.split(":")[0] for column in frame.columns]
     return frame
+
+
+def in_time_order(frame: pd.DataFrame, time_field: str) -> pd.DataFrame:
+    """Rows sorted by the numeric ``time_field`` (ties and missing times keep file order; no field: as is)."""
+    if time_field not in frame.columns:
+        return frame
+    times = pd.to_numeric(frame[time_field], errors="coerce").to_numpy(dtype=float)
+    return frame.iloc[np.argsort(times, kind="stable")]  # NaN sorts last
+
+
+def is_last_of_user(frame: pd.DataFrame, user_field: str) -> pd.Series:
+    """True on each user's last row: in time order, RecBole's leave-one-out test interaction."""
+    return frame.groupby(user_field, sort=False).cumcount(ascending=False) == 0
 
 
 def check_interactions(config) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from recbole_mmprefer.data.atomic import read_atomic_file
+from recbole_mmprefer.data.atomic import in_time_order, is_last_of_user, read_atomic_file
 from recbole_mmprefer.data.explanations import (
     explanation_table_path,
     read_explanation_table,
@@ -181,9 +181,7 @@ def read_history(config, path: Path, held_out_pairs: Sequence[Tuple[str, str]] =
         if column not in frame.columns:
             raise InputError(f"{path}: no {column!r} field; the file has {list(frame.columns)}")
     time_field, rating_field = setting(config, "TIME_FIELD"), setting(config, "RATING_FIELD")
-    if time_field in frame.columns:
-        order = pd.to_numeric(frame[time_field], errors="coerce")
-        frame = frame.iloc[np.argsort(order.to_numpy(), kind="stable")]
+    frame = in_time_order(frame, time_field)
     users = list(dict.fromkeys(frame[user_field]))  # a user whose interactions are all held out stays known
     if setting(config, "profile_hold_out"):
         frame = _without_held_out(frame, user_field, item_field, held_out_pairs)
@@ -201,7 +199,7 @@ def _without_held_out(frame: pd.DataFrame, user_field: str, item_field: str,
     if "split" in frame.columns:
         frame = frame[frame["split"] == "train"]
     else:
-        frame = frame[frame.groupby(user_field, sort=False).cumcount(ascending=False) > 0]
+        frame = frame[~is_last_of_user(frame, user_field)]
     if len(held_out_pairs):
         pairs = pd.MultiIndex.from_tuples(list(held_out_pairs))
         frame = frame[~pd.MultiIndex.from_arrays([frame[user_field], frame[item_field]]).isin(pairs)]
@@ -360,6 +358,7 @@ class ProfileInputs:
     brief: Dict[str, str]  # item token -> title, year and group values only
     titles: Dict[str, str]
     groups: Dict[str, List[str]]
+    explained: Optional[pd.DataFrame] = None  # the data set's explanation table, where it has one
 
 
 def load_inputs(config) -> ProfileInputs:
@@ -368,7 +367,7 @@ def load_inputs(config) -> ProfileInputs:
         if not path.is_file():
             raise MissingInputError(f"{path} not found: profiles are written from the data set's {what}")
     items = read_node_table(item_path, setting(config, "ITEM_ID_FIELD"))
-    table_path = _data_file(config, "expl.jsonl")
+    table_path = explanation_table_path(Path(config["data_path"]), config["dataset"])
     explained = read_explanation_table(table_path) if table_path.is_file() else None
     history = read_history(config, inter_path, [] if explained is None else
                            list(zip(explained["user_id"], explained["item_id"])))
@@ -383,7 +382,8 @@ def load_inputs(config) -> ProfileInputs:
         spec=spec, descriptions={token: item_description(row, spec) for token, row in zip(tokens, rows)},
         brief={token: item_description(row, brief) for token, row in zip(tokens, rows)},
         titles={token: row[spec.title].strip() or token for token, row in zip(tokens, rows)},
-        groups={token: split_values(row[spec.group]) if spec.group else [] for token, row in zip(tokens, rows)})
+        groups={token: split_values(row[spec.group]) if spec.group else [] for token, row in zip(tokens, rows)},
+        explained=explained)
 
 
 def _in_history(history: History) -> Callable[[str, str], bool]:
@@ -670,10 +670,10 @@ def build_profiles(config, source: Optional[str] = None, force: bool = False) ->
 def _write_outputs(config, inputs: ProfileInputs, report: Dict[str, object]) -> List[Path]:
     """The profiled node files (and explanation table) in ``profiles_dir``, all or none of them."""
     writers = [_node_writer(inputs.users), _node_writer(inputs.items)]
-    table_path = explanation_table_path(Path(config["data_path"]), config["dataset"])
-    if table_path.is_file():
-        table = updated_explanation_table(read_explanation_table(table_path), inputs)
-        writers.append((table_path.name, lambda target: write_explanation_table(target, table)))
+    if inputs.explained is not None:
+        table = updated_explanation_table(inputs.explained, inputs)
+        name = explanation_table_path(Path(config["data_path"]), config["dataset"]).name
+        writers.append((name, lambda target: write_explanation_table(target, table)))
     out_dir = profiles_dir(config)
     with atomic_directory(out_dir) as staging:
         for name, write in writers:
