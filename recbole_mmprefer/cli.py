@@ -10,29 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
 from logging import getLogger
 from pathlib import Path
 from typing import List, Optional
 
-from recbole.utils import init_logger, init_seed
+from recbole.utils import init_seed
 
+from recbole_mmprefer import config as configuration
 from recbole_mmprefer.config import Config
 from recbole_mmprefer.errors import InputError, MissingInputError, TrainingDiverged
-
-# Stage commands build their config as for MMPSASRec, the model that consumes them.
-STAGE_MODEL = "MMPSASRec"
-
-
-@contextmanager
-def _argv(arguments: List[str]):
-    """RecBole's Config reads ``--key=value`` from sys.argv: show it only the overrides."""
-    saved = sys.argv
-    sys.argv = [saved[0], *arguments]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def stage_config(args: argparse.Namespace, overrides: List[str]) -> Config:
@@ -40,11 +26,7 @@ def stage_config(args: argparse.Namespace, overrides: List[str]) -> Config:
     if unknown:
         raise InputError(f"Unrecognised arguments {unknown}: overrides are written --key=value")
     config_files = args.config_files.strip().split(" ") if args.config_files else None
-    with _argv(overrides):
-        config = Config(model=STAGE_MODEL, dataset=args.dataset, config_file_list=config_files)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    return config
+    return configuration.stage_config(args.dataset, config_files, overrides)
 
 
 def cmd_features(args: argparse.Namespace, overrides: List[str]) -> None:

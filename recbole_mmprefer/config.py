@@ -9,15 +9,17 @@ that nobody defines is rejected with the nearest known key named.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import sys
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterable
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence
 
 import recbole
 import yaml
 from recbole.config import Config as RecBoleConfig
-from recbole.utils import ModelType
+from recbole.utils import ModelType, init_logger, init_seed
 from recbole.utils.argument_list import (
     dataset_arguments,
     evaluation_arguments,
@@ -34,6 +36,9 @@ from recbole_mmprefer.resources import (
     properties_dir,
     stage_property_files,
 )
+
+# Stage commands build their config as for MMPSASRec, the model that consumes their outputs.
+STAGE_MODEL = "MMPSASRec"
 
 # Keys that RecBole's launchers put into the config without any YAML defining them.
 LAUNCHER_KEYS = {
@@ -134,8 +139,34 @@ class Config(RecBoleConfig):
             self.internal_config_dict["train_neg_sample_args"] = None
 
 
-def run_dir(config) -> Path:
-    """Root of this data set's stage outputs: ``run_dir`` or ``<checkpoint_dir>/<dataset>``."""
-    if config["run_dir"]:
-        return Path(config["run_dir"])
-    return Path(config["checkpoint_dir"]) / config["dataset"]
+
+@contextlib.contextmanager
+def _argv(arguments: Sequence[str]):
+    """RecBole's Config reads ``--key=value`` from sys.argv: show it only the overrides."""
+    saved = sys.argv
+    sys.argv = [saved[0], *arguments]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def stage_config(dataset: str, config_files: Optional[List[str]] = None, overrides: Sequence[str] = ()) -> Config:
+    """The Config every stage entry point uses: MMPSASRec's, with ``--key=value`` ``overrides``; seeds and
+    RecBole's logger set up."""
+    with _argv(overrides):
+        config = Config(model=STAGE_MODEL, dataset=dataset, config_file_list=config_files)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    return config
+
+
+def config_from_file(path: str) -> Config:
+    """The stage Config of a YAML file that names its ``dataset`` (the ``main()`` of train and generate)."""
+    if not Path(path).is_file():
+        raise MissingInputError(f"Config file {path} not found")
+    with open(path, encoding="utf-8") as handle:
+        content = yaml.safe_load(handle) or {}
+    if not isinstance(content, dict) or not content.get("dataset"):
+        raise InputError(f"{path}: a config file for this command must name the dataset (dataset: NAME)")
+    return stage_config(str(content["dataset"]), [str(path)])

@@ -1,8 +1,10 @@
 """`mmprefer run`: every MMP-Refer stage in order (paper section 3, Fig. 2), each skipped when up to date.
 
 1. item features and semantic IDs, then MMPSASRec and its user/item vectors
-   (``run_recbole``; skipped when ``<run_dir>/recommender/`` exists, unless forced);
-2. template profiles when the data set has none;
+   (``run_recbole``; skipped when the ``recommender`` artifact was trained
+   under the same settings and inputs, unless forced);
+2. template profiles when the data set has none (rebuilt when the data set
+   changes);
 3. the pairs to explain: the explanation table's ``pipeline_split`` rows, or
    for a data set without explanations (ml-100k) the last interaction of the
    first ``pipeline_pairs`` users in token order;
@@ -21,44 +23,61 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from recbole_mmprefer.config import run_dir
-from recbole_mmprefer.data.atomic import atomic_file_path, in_time_order, is_last_of_user, read_atomic_file
-from recbole_mmprefer.data.explanations import explanation_table_path, read_explanation_table, read_node_profiles
-from recbole_mmprefer.data.profiles import build_profiles, node_profile_folder
-from recbole_mmprefer.utils import atomic_directory, write_lines
+from recbole_mmprefer.artifacts import (
+    ARTIFACTS,
+    dataset_file,
+    explanation_table_file,
+    has_explanation_table,
+    node_profile_folder,
+)
+from recbole_mmprefer.data.atomic import in_time_order, is_last_of_user, read_atomic_file
+from recbole_mmprefer.data.explanations import read_explanation_table, read_node_profiles
+from recbole_mmprefer.data.profiles import build_profiles, recorded_run
+from recbole_mmprefer.retrieval.inputs import write_pair_file
+from recbole_mmprefer.utils import file_sha256, json_sha256
 
 logger = logging.getLogger(__name__)
 
 
 def ensure_recommender(config, force: bool) -> None:
-    if (run_dir(config) / "recommender" / "meta.json").is_file() and not force:
-        logger.info("MMPSASRec vectors are present in %s", run_dir(config) / "recommender")
-        return
-    from recbole_mmprefer.quick_start import run_recbole
+    """MMPSASRec trained unless its vectors were made from the same settings and inputs."""
+    from recbole_mmprefer.model.export import recommender_input_hash
+    from recbole_mmprefer.quick_start import prepare_item_inputs, run_recbole
 
+    prepare_item_inputs(config)  # the features and semantic IDs it reads, so that their hashes are final
+    if not force and ARTIFACTS["recommender"].is_fresh(config, recommender_input_hash(config)):
+        logger.info("MMPSASRec vectors are up to date in %s", ARTIFACTS["recommender"].dir(config))
+        return
     run_recbole(model="MMPSASRec", dataset=config["dataset"], config_dict=dict(config.external_config_dict))
 
 
 def ensure_profiles(config) -> None:
-    users, items = read_node_profiles(node_profile_folder(config), config["dataset"])
-    if users or items:
+    """Template profiles for a data set without any, rebuilt when the data set changes; LLM profiles are kept
+    (making them again needs their model or endpoint: `mmprefer profiles --source llm`)."""
+    recorded = recorded_run(config)
+    if recorded is not None and recorded[0] != "template":
+        logger.info("Keeping the %s profiles of %s", recorded[0], ARTIFACTS["profiles"].dir(config))
         return
-    build_profiles(config, source="template")
+    if recorded is not None:
+        build_profiles(config, source="template", force=recorded[1])  # skipped when up to date
+        return
+    users, items = read_node_profiles(node_profile_folder(config), config["dataset"])
+    if not users and not items:
+        build_profiles(config, source="template")
 
 
 def pairs_to_explain(config) -> Tuple[Optional[str], Optional[Path]]:
     """(split, pair file): a split of the explanation table, or a pair file written for a data set without one."""
-    if explanation_table_path(Path(config["data_path"]), config["dataset"]).is_file():
+    if has_explanation_table(config):
         return config["pipeline_split"], None
-    frame = read_atomic_file(atomic_file_path(config, "inter"))
+    frame = read_atomic_file(dataset_file(config, "inter"))
     user, item = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
     frame = in_time_order(frame, config["TIME_FIELD"])
     last = frame[is_last_of_user(frame, user)]  # the interaction profiles hold out (data/profiles.py)
     users = sorted(last[user].unique(), key=lambda token: (len(token), token))[:config["pipeline_pairs"]]
     chosen = last.set_index(user).loc[users, item]
-    pair_file = run_dir(config) / "pipeline" / "pairs.tsv"
-    pair_file.parent.mkdir(parents=True, exist_ok=True)
-    write_lines(pair_file, ["user_id\titem_id", *[f"{u}\t{i}" for u, i in chosen.items()]])
+    pair_file = ARTIFACTS["pipeline_pairs"].file(config)
+    write_pair_file(pair_file, list(chosen.items()))
     return None, pair_file
 
 
@@ -87,28 +106,26 @@ def run_pipeline(config, force: bool = False) -> Path:
 
 def write_pipeline_report(config, generations: Path, evaluation: Optional[Path]) -> Path:
     """report.md and report.html: the first ``pipeline_report_pairs`` pairs with paths, drawings and texts."""
-    from recbole_mmprefer.evaluation.systems import read_generations
-    from recbole_mmprefer.explainer.prompts import NodeText
-    from recbole_mmprefer.retrieval.collect import load_graph, paths_dir, read_paths
-    from recbole_mmprefer.retrieval.paths import PathResult, RetrievalPath
+    from recbole_mmprefer.data.generations import read_generations
+    from recbole_mmprefer.data.node_text import NodeText
+    from recbole_mmprefer.retrieval.collect import read_run_paths
+    from recbole_mmprefer.retrieval.inputs import load_graph
+    from recbole_mmprefer.retrieval.paths import PathResult
     from recbole_mmprefer.retrieval.show import describe, svg
 
     graph, text = load_graph(config), NodeText.from_config(config)
-    records = {(r["user_id"], r["item_id"]): r for r in read_paths(paths_dir(config))}
+    records = {(r["user_id"], r["item_id"]): r for r in read_run_paths(config)}
     explained = read_generations(generations).head(config["pipeline_report_pairs"])
     references = _references(config)
     sections: List[Dict[str, str]] = []
     for user, item, explanation in explained.itertuples(index=False, name=None):
-        record = records[(user, item)]
-        result = PathResult(user=user, item=item, status=record["status"],
-                            paths=[RetrievalPath(tuple(p["nodes"]), tuple(p["types"]), tuple(p["tokens"]), p["cost"])
-                                   for p in record["paths"]],
-                            subgraph_nodes=record["subgraph_nodes"], subgraph_edges=record["subgraph_edges"])
+        result = PathResult.from_record(records[(user, item)])
         sections.append({"pair": f"user {user}, item {item}", "paths": describe(result, text),
                          "svg": svg(graph, result, text, size=420), "explanation": explanation,
                          "reference": references.get((user, item), "")})
-    out_dir = run_dir(config) / "report"
-    with atomic_directory(out_dir) as staging:
+    out_dir = ARTIFACTS["report"].dir(config)
+    input_hash = json_sha256({"generations": file_sha256(generations), "sections": sections})
+    with ARTIFACTS["report"].writing(config, input_hash, {"generations": str(generations)}) as staging:
         (staging / "report.md").write_text(_markdown(config, sections, generations, evaluation), encoding="utf-8")
         (staging / "report.html").write_text(_html(config, sections, evaluation), encoding="utf-8")
     logger.info("Pipeline report: %s", out_dir / "report.html")
@@ -116,10 +133,9 @@ def write_pipeline_report(config, generations: Path, evaluation: Optional[Path])
 
 
 def _references(config) -> Dict[Tuple[str, str], str]:
-    path = explanation_table_path(Path(config["data_path"]), config["dataset"])
-    if not path.is_file():
+    if not has_explanation_table(config):
         return {}
-    table = read_explanation_table(path)
+    table = read_explanation_table(explanation_table_file(config))
     return dict(zip(zip(table["user_id"], table["item_id"]), table["explanation"]))
 
 

@@ -51,20 +51,26 @@ def dataset_config_file(dataset: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
+def recbole_default_files() -> List[Path]:
+    """RecBole's own defaults for keys a plain dict config lacks (seed, checkpoint_dir, field names)."""
+    import recbole
+
+    root = Path(recbole.__file__).parent / "properties"
+    return [root / "overall.yaml", root / "dataset" / "sample.yaml"]
+
+
 @functools.lru_cache(maxsize=1)
 def stage_defaults() -> Dict[str, object]:
-    """Every key of our stage property files with its shipped default."""
+    """Every key of our stage property files with its shipped default, over RecBole's own defaults."""
     defaults: Dict[str, object] = {}
-    for path in stage_property_files():
+    for path in [*recbole_default_files(), *stage_property_files()]:
         with open(path, encoding="utf-8") as handle:
             defaults.update(yaml.safe_load(handle) or {})
     return defaults
 
 
-def stage_setting(config, key: str, default=None):
+def stage_setting(config, key: str):
     """``config[key]`` from a RecBole Config, a dict or None; where it is missing or None, the shipped default
-    of ``properties/*.yaml``, and then ``default`` (for keys that only RecBole defines)."""
+    (``properties/*.yaml``, then RecBole's own property files)."""
     value = config[key] if config is not None and key in config else None
-    if value is None:
-        value = stage_defaults().get(key)
-    return default if value is None else value
+    return stage_defaults().get(key) if value is None else value

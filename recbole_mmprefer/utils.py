@@ -56,12 +56,6 @@ def write_json(path: Path, value: Any) -> None:
         handle.write("\n")
 
 
-def is_up_to_date(out_dir: Path, input_hash: str) -> bool:
-    """Whether a stage folder was written from inputs with this hash (its meta.json says so)."""
-    meta_path = Path(out_dir) / "meta.json"
-    return meta_path.is_file() and read_json(meta_path).get("input_hash") == input_hash
-
-
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
@@ -98,20 +92,3 @@ def align_rows(matrix, row_tokens: List[str], item_tokens: List[str], source: Pa
     rows = [row for row, token in enumerate(item_tokens) if token != "[PAD]"]
     aligned[rows] = matrix[[position[item_tokens[row]] for row in rows]]
     return aligned
-
-
-def json_lines(path: Path) -> Iterator[tuple]:
-    """(line number, object) for each non-blank line of a JSON-lines file; an error names the bad line."""
-    from recbole_mmprefer.errors import InputError
-
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}, line {number}: expected a JSON object")
-            yield number, record

@@ -104,10 +104,11 @@ def main() -> None:
     import torch
 
     from recbole_mmprefer.config import Config
-    from recbole_mmprefer.explainer.graph_encoder import PathSubgraphBuilder
+    from recbole_mmprefer.data.node_text import NodeText
     from recbole_mmprefer.explainer.model import ExplainerModel
-    from recbole_mmprefer.explainer.prompts import NodeText, PromptSettings
-    from recbole_mmprefer.explainer.train import PairData, join_records, load_path_records, load_table
+    from recbole_mmprefer.explainer.pair_data import PairData, join_records, load_path_records, load_table
+    from recbole_mmprefer.explainer.path_graphs import PathSubgraphBuilder
+    from recbole_mmprefer.explainer.settings import PromptSettings
 
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value from argv
     config = Config(model="MMPSASRec", dataset=args.dataset, config_dict={"data_path": args.data_path})

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 
 def load(dataset: str, data_path: str, saved: str):
     from recbole_mmprefer.data.explanations import explanation_table_path, read_explanation_table
-    from recbole_mmprefer.retrieval.collect import _aligned
+    from recbole_mmprefer.model.export import read_vectors
     from recbole_mmprefer.retrieval.graph import InteractionGraph
 
     folder = Path(data_path) / dataset
@@ -44,8 +44,8 @@ def load(dataset: str, data_path: str, saved: str):
     pairs = [(table["user_id"].iloc[row], table["item_id"].iloc[row]) for row in order]
     vectors_dir = Path(saved) / dataset / "recommender"
     if (vectors_dir / "meta.json").is_file():
-        users, _ = _aligned(vectors_dir, "user", graph.user_tokens)
-        items, _ = _aligned(vectors_dir, "item", graph.item_tokens)
+        users, _ = read_vectors(vectors_dir, "user", graph.user_tokens)
+        items, _ = read_vectors(vectors_dir, "item", graph.item_tokens)
         source = f"MMPSASRec vectors from {vectors_dir}"
     else:
         rng = np.random.default_rng(0)

@@ -85,9 +85,9 @@ def main() -> None:
     command = "python run_scripts/table1.py " + " ".join(sys.argv[1:])
     sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value from argv
 
-    from recbole_mmprefer.config import run_dir
+    from recbole_mmprefer.artifacts import run_dir
     from recbole_mmprefer.evaluation.evaluate import evaluate
-    from recbole_mmprefer.explainer.train import load_table
+    from recbole_mmprefer.explainer.pair_data import load_table
 
     config = make_config(args, {})
     base_dir = run_dir(config) / "table1"

@@ -172,7 +172,7 @@ def test_bad_inputs_are_named(setup, tmp_path):
         collect_paths(config_for(data, run), pairs_file=bad_file)
     with pytest.raises(MissingInputError, match="run `run_recbole --model=MMPSASRec --dataset=toy` first"):
         collect_paths(config_for(data, tmp_path / "no-vectors"))
-    with pytest.raises(InputError, match="path hops must be an integer in 1..5"):
+    with pytest.raises(InputError, match="path_hops must be an integer in 1..5"):
         collect_paths(config_for(data, run, path_hops=0))
     out = collect_paths(config_for(data, tmp_path / "no-vectors", path_weight="degree"))
     assert read_json(out / "meta.json")["status_counts"]["ok"] >= 1

@@ -9,10 +9,11 @@ import pytest
 
 from recbole_mmprefer.cli import main as mmprefer
 from recbole_mmprefer.data.explanations import explanation_table_path, write_explanation_table
+from recbole_mmprefer.data.generations import read_generations, write_generations
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.evaluation.baselines import item_template_explanations, nearest_neighbour_explanations
 from recbole_mmprefer.evaluation.evaluate import evaluate
-from recbole_mmprefer.evaluation.systems import align, read_generations, write_generations
+from recbole_mmprefer.evaluation.systems import align
 from recbole_mmprefer.utils import read_json
 
 EXPLANATIONS = [

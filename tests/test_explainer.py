@@ -15,13 +15,16 @@ import yaml
 from tiny_models import write_tiny_llama
 
 from recbole_mmprefer.data.explanations import EXPLANATION_COLUMNS, write_explanation_table
+from recbole_mmprefer.data.generations import read_generations
+from recbole_mmprefer.data.node_text import NodeText
 from recbole_mmprefer.errors import InputError, TrainingDiverged
-from recbole_mmprefer.evaluation.systems import read_generations
+from recbole_mmprefer.explainer.checkpoints import ADAPTER_FILE, load_explainer
 from recbole_mmprefer.explainer.generate import generate_explanations
-from recbole_mmprefer.explainer.graph_encoder import PathSubgraphBuilder
 from recbole_mmprefer.explainer.model import ExplainerModel
-from recbole_mmprefer.explainer.prompts import NodeText, PromptSettings
-from recbole_mmprefer.explainer.train import ADAPTER_FILE, PairData, join_records, load_explainer, train_explainer
+from recbole_mmprefer.explainer.pair_data import PairData, join_records
+from recbole_mmprefer.explainer.path_graphs import PathSubgraphBuilder
+from recbole_mmprefer.explainer.settings import PromptSettings
+from recbole_mmprefer.explainer.train import train_explainer
 from recbole_mmprefer.retrieval.graph import InteractionGraph
 from recbole_mmprefer.utils import read_json
 
@@ -314,8 +317,8 @@ def test_two_ranks_under_torchrun_equal_one_process(llama, tmp_path):
                  explainer_graph_level=False, explainer_epochs=1, explainer_generation_batch_size=2)
     model_dir = train_explainer(cfg, run / "explainer")  # everything read from the run's files
     one = generate_explanations(cfg, model_dir, "all", tmp_path / "one.jsonl")
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(yaml.safe_dump(cfg))
+    config_file = tmp_path / "config.yaml"  # a RecBole config file: data_path is the root of the data sets
+    config_file.write_text(yaml.safe_dump({**cfg, "data_path": str(data)}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "recbole_mmprefer.explainer.generate", str(config_file), "--model_dir", str(model_dir),
@@ -332,3 +335,37 @@ def test_two_ranks_under_torchrun_equal_one_process(llama, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert read_json(tmp_path / "ddp" / "meta.json")["world_size"] == 2
     load_explainer(cfg, tmp_path / "ddp")
+
+
+def test_a_trained_explainer_reloads_from_its_saved_config_alone_in_a_fresh_process(llama, tmp_path):
+    """The model, prompt and graph settings come from explainer_config.json, not from the config that generates."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    (data / "toy").mkdir(parents=True)
+    write_explanation_table(data / "toy" / "toy.expl.jsonl", make_table())
+    (data / "toy" / "toy.inter").write_text("user_id:token\titem_id:token\n" +
+                                            "".join(f"{user}\t{item}\n" for user, item in EDGES))
+    (run / "paths").mkdir(parents=True)
+    (run / "paths" / "paths.jsonl").write_text("".join(json.dumps(record) + "\n" for record in make_records()))
+    rng = np.random.default_rng(0)
+    (run / "recommender").mkdir()
+    for kind, tokens in (("user", NAMES[:4]), ("item", NAMES[4:])):
+        np.save(run / "recommender" / f"{kind}_embeddings.npy", rng.normal(size=(len(tokens), DIM)).astype(np.float32))
+        (run / "recommender" / f"{kind}_tokens.txt").write_text("".join(f"{token}\n" for token in tokens))
+    (run / "recommender" / "meta.json").write_text("{}")
+    decoding = {"explainer_max_new_tokens": 6, "explainer_min_new_tokens": 6, "explainer_generation_batch_size": 8}
+    cfg = config(llama, data_path=str(data / "toy"), dataset="toy", run_dir=str(run), explainer_epochs=1,
+                 explainer_gnn="gcn", explainer_soft_tokens=3, explainer_lora_r=4, **decoding)
+    model_dir = train_explainer(cfg, run / "explainer")
+    saved = json.loads((model_dir / "explainer_config.json").read_text())
+    assert saved["explainer_gnn"] == "gcn" and saved["explainer_soft_tokens"] == 3 and saved["llm_path"] == str(llama)
+    here = generate_explanations(cfg, model_dir, "test", tmp_path / "here.jsonl")
+
+    config_file = tmp_path / "bare.yaml"  # no model, prompt or graph keys: only where the run is and how to decode
+    config_file.write_text(yaml.safe_dump({"dataset": "toy", "data_path": str(data), "run_dir": str(run), **decoding}))
+    command = [sys.executable, "-m", "recbole_mmprefer.explainer.generate", str(config_file), "--model_dir",
+               str(model_dir), "--split", "test", "--out_file", str(tmp_path / "there.jsonl")]
+    completed = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "there.jsonl").read_bytes() == here.read_bytes()
+    assert read_json(tmp_path / "there.jsonl.meta.json")["soft_tokens"] == 3

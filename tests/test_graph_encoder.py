@@ -9,14 +9,13 @@ from recbole_mmprefer.explainer.graph_encoder import (
     GraphSoftPrompt,
     MoEAdapter,
     PathGraphEncoder,
-    PathSubgraphBuilder,
     build_graph_soft_prompt,
     concat_paths,
     graph_settings,
     place_soft_prompts,
-    sample_neighbours,
     soft_prompt_tokens,
 )
+from recbole_mmprefer.explainer.path_graphs import PathSubgraphBuilder, sample_neighbours
 from recbole_mmprefer.retrieval.graph import InteractionGraph
 
 # users u0..u3 are nodes 0..3, items i0..i4 nodes 4..8
@@ -202,7 +201,7 @@ def test_state_dict_holds_only_the_graph_level():
 
 def test_config_defaults_and_ablation():
     settings = graph_settings({})
-    assert (settings["explainer_paths"], settings["explainer_soft_tokens"], settings["explainer_gnn"]) == (3, 3, "gat")
+    assert (settings.paths, settings.soft_prompt_tokens, settings.gnn) == (3, 3, "gat")
     module = build_graph_soft_prompt({}, DIM, 16)
     assert module.paths == 3 and module.adapter.soft_tokens == 3
     assert soft_prompt_tokens({}) == 3

@@ -64,11 +64,11 @@ def test_bertscore_names_encoder_and_layer(evaluator):
 
 def test_usr_is_computed_on_candidates():
     same_candidates = text_metrics([REFERENCE] * 4, [REFERENCE, PARAPHRASE, UNRELATED, REFERENCE_2],
-                                   TextMetricSettings(metrics=["usr"]))["usr"]
+                                   TextMetricSettings.from_config(None, metrics=["usr"]))["usr"]
     assert same_candidates.mean == pytest.approx(0.25)
     assert list(same_candidates.per_sample) == [0.0] * 4
     varied_candidates = text_metrics([REFERENCE, PARAPHRASE, UNRELATED, REFERENCE_2], [REFERENCE] * 4,
-                                     TextMetricSettings(metrics=["usr"]))["usr"]
+                                     TextMetricSettings.from_config(None, metrics=["usr"]))["usr"]
     assert varied_candidates.mean == 1.0
     assert list(varied_candidates.per_sample) == [1.0] * 4
 
@@ -126,7 +126,7 @@ def test_baseline_rescales_scores_and_empty_pairs(evaluator, tmp_path):
 
 def test_mismatched_or_non_text_inputs_raise():
     with pytest.raises(ValueError, match="3 candidates but 2 references"):
-        text_metrics([REFERENCE] * 3, [REFERENCE] * 2, TextMetricSettings(metrics=["bleu"]))
+        text_metrics([REFERENCE] * 3, [REFERENCE] * 2, TextMetricSettings.from_config(None, metrics=["bleu"]))
     with pytest.raises(ValueError, match="reference 1 is NoneType"):
         rouge_l([REFERENCE, PARAPHRASE], [REFERENCE, None])
 

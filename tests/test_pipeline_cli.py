@@ -9,7 +9,7 @@ from test_import_xrec import write_random_xrec_folder
 from tiny_models import write_tiny_llama
 
 from recbole_mmprefer.cli import main as mmprefer
-from recbole_mmprefer.evaluation.systems import read_generations
+from recbole_mmprefer.data.generations import read_generations
 from recbole_mmprefer.utils import read_json
 
 

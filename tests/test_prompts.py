@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 from tiny_models import word_tokenizer, write_tiny_llama
 
+from recbole_mmprefer.data.node_text import NodeText
 from recbole_mmprefer.errors import InputError
-from recbole_mmprefer.explainer.prompts import (
-    IGNORE_INDEX,
-    SOFT_MARKER,
-    NodeText,
-    PromptSettings,
-    build_example,
-    collate,
-    verbalise_path,
-)
+from recbole_mmprefer.explainer.prompts import SOFT_MARKER, verbalise_path
+from recbole_mmprefer.explainer.settings import PromptSettings
+from recbole_mmprefer.explainer.tokens import IGNORE_INDEX, build_example, collate
 
 CHAT_TEMPLATE = ("<s>{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}assistant :{% endif %}")
@@ -245,7 +240,7 @@ def test_node_text_reads_profiles_and_titles(tmp_path):
 
 def test_without_graph_level_no_soft_positions_are_reserved():
     from recbole_mmprefer.explainer.graph_encoder import soft_prompt_tokens
-    from recbole_mmprefer.explainer.prompts import PromptSettings
+    from recbole_mmprefer.explainer.settings import PromptSettings
 
     config = {"explainer_paths": 3, "explainer_graph_level": False}
     assert PromptSettings.from_config(config).soft_tokens == soft_prompt_tokens(config) == 0

@@ -26,7 +26,7 @@ def settings(**overrides) -> QuantizerSettings:
     base = dict(levels=3, codebook_size=16, code_dim=8, hidden_sizes=(32,), epochs=60, batch_size=64,
                 learning_rate=3e-3, infonce_weight=0.0, seed=3)
     base.update(overrides)
-    return QuantizerSettings(**base)
+    return QuantizerSettings.from_config(None, **base)
 
 
 def test_more_levels_give_lower_reconstruction_error():
@@ -124,7 +124,7 @@ DETERMINISM_PROBE = """
 import hashlib, numpy as np
 from recbole_mmprefer.model.quantizer import QuantizerSettings, train_joint_rqvae
 features = np.random.default_rng(0).normal(size=(1700, 384)).astype(np.float32)
-settings = QuantizerSettings(epochs=3, seed=5)  # the paper's sizes: 4 x 256 codes of dim 64
+settings = QuantizerSettings.from_config(None, epochs=3, seed=5)  # the paper's sizes: 4 x 256 codes of dim 64
 model, _ = train_joint_rqvae({"text": features}, settings, show_progress=False)
 print(hashlib.md5(model.rqvae["text"].quantizer.codebooks.detach().numpy().tobytes()).hexdigest())
 """

@@ -7,7 +7,8 @@ import yaml
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from conftest import tiny_config, write_config_file
-from recbole_mmprefer.config import Config, ConfigKeyError, known_config_keys, run_dir
+from recbole_mmprefer.artifacts import run_dir
+from recbole_mmprefer.config import Config, ConfigKeyError, known_config_keys
 from recbole_mmprefer.model.sequential_recommender.mmpsasrec import MMPSASRec
 from recbole_mmprefer.registry import UnknownModelError, available_models, get_model
 from recbole_mmprefer.resources import dataset_configs_dir, properties_dir

@@ -1,1 +1,1 @@
-"""Data stage: item modality features (and, later, importers and profiles)."""
+"""Data stage (paper section 4.1): importers, the explanation table, node profiles and text, item modality features."""

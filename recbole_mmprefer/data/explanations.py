@@ -24,14 +24,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from recbole_mmprefer.data.atomic import read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.utils import json_lines
+from recbole_mmprefer.jsonl import read_jsonl
 
 EXPLANATION_COLUMNS = ["user_id", "item_id", "title", "user_profile", "item_profile", "explanation", "split",
                        "profile_source", "explanation_source"]
@@ -40,6 +40,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def explanation_table_path(data_dir: Path, name: str) -> Path:
+    """The table in a data set's folder (a run reads :func:`recbole_mmprefer.artifacts.explanation_table_file`)."""
     return Path(data_dir) / f"{name}.expl.jsonl"
 
 
@@ -117,7 +118,7 @@ def read_explanation_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise MissingInputError(f"Explanation table {path} not found: `mmprefer import` writes it")
     records = []
-    for line_number, record in json_lines(path):
+    for line_number, record in read_jsonl(path):
         missing = [column for column in EXPLANATION_COLUMNS if column not in record]
         if missing:
             raise InputError(f"{path}, line {line_number}: missing field(s) {missing}")
@@ -182,6 +183,3 @@ def table_summary(table: pd.DataFrame) -> Dict[str, object]:
         "profile_sources": count_by(table["profile_source"]),
     }
 
-
-def pair_keys(table: pd.DataFrame) -> List[Tuple[str, str]]:
-    return list(zip(table["user_id"], table["item_id"]))

@@ -20,17 +20,14 @@ import torch
 from tqdm import tqdm
 
 from recbole_mmprefer import __version__
-from recbole_mmprefer.config import run_dir
+from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.data.atomic import atomic_file_path, read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.utils import (
     align_rows,
-    atomic_directory,
     file_sha256,
-    is_up_to_date,
     json_sha256,
     read_lines,
-    write_json,
     write_lines,
 )
 
@@ -48,7 +45,7 @@ def default_text_encoder_path() -> Path:
 
 
 def features_dir(config, modality: str) -> Path:
-    return run_dir(config) / "features" / modality
+    return ARTIFACTS["features"].dir(config, modality=modality)
 
 
 def item_file_path(config) -> Path:
@@ -241,7 +238,7 @@ def build_features(config, modality: str, force: bool = False) -> Path:
     inputs = _text_inputs(config, item_path) if modality == "text" else _image_inputs(config, item_path)
     input_hash = json_sha256({**inputs, "recbole_mmprefer": __version__})
     out_dir = features_dir(config, modality)
-    if not force and is_up_to_date(out_dir, input_hash):
+    if not force and ARTIFACTS["features"].is_fresh(config, input_hash, modality=modality):
         logger.info("%s features are up to date in %s", modality, out_dir)
         return out_dir
 
@@ -257,14 +254,11 @@ def build_features(config, modality: str, force: bool = False) -> Path:
     else:
         matrix, missing = _encode_images(config, frame, item_tokens)
 
-    with atomic_directory(out_dir) as staging:
+    meta = {"modality": modality, "items": len(item_tokens), "dim": int(matrix.shape[1]), "inputs": inputs,
+            "items_without_feature": missing, "items_without_text": empty_texts}
+    with ARTIFACTS["features"].writing(config, input_hash, meta, modality=modality) as staging:
         np.save(staging / "features.npy", matrix)
         write_lines(staging / "items.txt", item_tokens)
-        write_json(staging / "meta.json", {
-            "modality": modality, "items": len(item_tokens), "dim": int(matrix.shape[1]),
-            "inputs": inputs, "input_hash": input_hash, "items_without_feature": missing,
-            "items_without_text": empty_texts,
-        })
     logger.info("Wrote %s features for %d items (dim %d) to %s", modality, len(item_tokens), matrix.shape[1], out_dir)
     return out_dir
 

@@ -18,8 +18,11 @@ The data set's files are only read (the bundled ml-100k lives inside the
 installed RecBole). The stage writes ``<run_dir>/profiles/``: copies of
 ``<name>.user`` and ``<name>.item`` with the ``profile`` / ``profile_source``
 fields filled (every other column kept, header types included), of
-``<name>.expl.jsonl`` when the data set has one, and ``report.json``; later
-stages read node profiles from there (:func:`node_profile_folder`). Sources
+``<name>.expl.jsonl`` when the data set has one, ``report.json`` and
+``meta.json`` (the ``profiles`` artifact: a rerun on unchanged data and
+settings is skipped); later stages read node profiles and the explanation
+table from there (:func:`recbole_mmprefer.artifacts.node_profile_folder`,
+:func:`~recbole_mmprefer.artifacts.explanation_table_file`). Sources
 are never mixed silently: a node profiled by another source in the data set
 stops the stage unless it is forced to rewrite everything.
 
@@ -42,9 +45,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from recbole_mmprefer.artifacts import (
+    ARTIFACTS,
+    cache_file,
+    dataset_file,
+    explanation_table_name,
+    has_explanation_table,
+)
 from recbole_mmprefer.data.atomic import in_time_order, is_last_of_user, read_atomic_file
 from recbole_mmprefer.data.explanations import (
-    explanation_table_path,
     read_explanation_table,
     single_line,
     write_atomic_file,
@@ -52,8 +61,8 @@ from recbole_mmprefer.data.explanations import (
 )
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.llm import ApiLM, LocalLM, ReplyCache, model_name
-from recbole_mmprefer.resources import stage_setting
-from recbole_mmprefer.utils import atomic_directory, write_json
+from recbole_mmprefer.resources import properties_dir, stage_setting
+from recbole_mmprefer.utils import file_sha256, json_sha256, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -72,30 +81,15 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 def setting(config, key: str):
     """The config's value, else the stage default (RecBole's field names for a plain dict config)."""
-    return stage_setting(config, key, FIELD_DEFAULTS.get(key))
+    return stage_setting(config, key)
 
 
 def _data_file(config, suffix: str) -> Path:
-    return Path(config["data_path"]) / f"{config['dataset']}.{suffix}"
-
-
-def _run_root(config) -> Path:
-    """``run_dir``, or ``<checkpoint_dir>/<dataset>`` (also for a plain dict config)."""
-    run_dir = config["run_dir"] if "run_dir" in config else None
-    if run_dir:
-        return Path(run_dir)
-    checkpoint_dir = config["checkpoint_dir"] if "checkpoint_dir" in config else None
-    return Path(checkpoint_dir or "saved") / config["dataset"]
+    return dataset_file(config, suffix)
 
 
 def profiles_dir(config) -> Path:
-    return _run_root(config) / "profiles"
-
-
-def node_profile_folder(config) -> Path:
-    """Where the node profiles of this run live: the profiles stage's folder once it ran, else the data set."""
-    folder = profiles_dir(config)
-    return folder if (folder / "report.json").is_file() else Path(config["data_path"])
+    return ARTIFACTS["profiles"].dir(config)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -367,8 +361,7 @@ def load_inputs(config) -> ProfileInputs:
         if not path.is_file():
             raise MissingInputError(f"{path} not found: profiles are written from the data set's {what}")
     items = read_node_table(item_path, setting(config, "ITEM_ID_FIELD"))
-    table_path = explanation_table_path(Path(config["data_path"]), config["dataset"])
-    explained = read_explanation_table(table_path) if table_path.is_file() else None
+    explained = read_explanation_table(_data_file(config, "expl.jsonl")) if has_explanation_table(config) else None
     history = read_history(config, inter_path, [] if explained is None else
                            list(zip(explained["user_id"], explained["item_id"])))
     # A held-out pair's review would leak its explanation: keep only reviews of pairs in the history.
@@ -612,7 +605,7 @@ def _profile_texts(config, inputs: ProfileInputs, kind: str, tokens: List[str], 
 
 def _llm_generator(config, source: str, stats: LlmStats) -> Callable[[List[str], str], List[str]]:
     max_new_tokens = int(setting(config, "profile_max_new_tokens"))
-    cache_path = _run_root(config) / "profile_cache.jsonl"
+    cache_path = cache_file(config, "profiles")
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache = ReplyCache(cache_path, source, max_new_tokens)
     backend: List[object] = []
@@ -652,8 +645,12 @@ def build_profiles(config, source: Optional[str] = None, force: bool = False) ->
     method = source or setting(config, "profile_method") or "template"
     if method not in SOURCES:
         raise InputError(f"Unknown profile source {method!r}; known sources: {list(SOURCES)}")
-    inputs = load_inputs(config)
     source_name = "template" if method == "template" else f"llm:{llm_model_name(config)}"
+    input_hash = profiles_input_hash(config, source_name, force)
+    if ARTIFACTS["profiles"].is_fresh(config, input_hash):
+        logger.info("Profiles are up to date in %s", profiles_dir(config))
+        return read_json(ARTIFACTS["profiles"].file(config))
+    inputs = load_inputs(config)
     check_sources(inputs, source_name, force)
     stats = LlmStats()
     generate = _llm_generator(config, source_name, stats) if method == "llm" else None
@@ -662,20 +659,47 @@ def build_profiles(config, source: Optional[str] = None, force: bool = False) ->
               "profile_sources": {"users": _source_counts(inputs.users), "items": _source_counts(inputs.items)}}
     if method == "llm":
         report["llm"] = vars(stats)
-    report["files"] = [str(path) for path in _write_outputs(config, inputs, report)]
+    report["files"] = [str(path) for path in _write_outputs(config, inputs, report, input_hash)]
     _log_report(report)
     return report
 
 
-def _write_outputs(config, inputs: ProfileInputs, report: Dict[str, object]) -> List[Path]:
+def profiles_input_hash(config, source_name: str, force: bool) -> str:
+    """A hash of the data set's files the profiles are written from, the profile settings and the source."""
+    files = {suffix: file_sha256(_data_file(config, suffix)) for suffix in PROFILE_INPUT_FILES
+             if _data_file(config, suffix).is_file()}
+    settings = {key: setting(config, key) for key in _profile_keys()}
+    fields = {key: setting(config, key) for key in FIELD_DEFAULTS}
+    return json_sha256({"files": files, "settings": settings, "fields": fields, "source": source_name,
+                        "force": bool(force)})
+
+
+PROFILE_INPUT_FILES = ("item", "user", "inter", "expl.jsonl", "reviews.jsonl")
+
+
+def _profile_keys() -> List[str]:
+    import yaml
+
+    with open(properties_dir() / "profiles.yaml", encoding="utf-8") as handle:
+        return sorted(yaml.safe_load(handle))
+
+
+def recorded_run(config) -> Optional[Tuple[str, bool]]:
+    """(source name, forced) of the profiles stage's last run for this run directory, else None."""
+    meta = ARTIFACTS["profiles"].read_meta(config)
+    return None if meta is None else (str(meta.get("source", "")), bool(meta.get("force")))
+
+
+def _write_outputs(config, inputs: ProfileInputs, report: Dict[str, object], input_hash: str) -> List[Path]:
     """The profiled node files (and explanation table) in ``profiles_dir``, all or none of them."""
     writers = [_node_writer(inputs.users), _node_writer(inputs.items)]
     if inputs.explained is not None:
         table = updated_explanation_table(inputs.explained, inputs)
-        name = explanation_table_path(Path(config["data_path"]), config["dataset"]).name
-        writers.append((name, lambda target: write_explanation_table(target, table)))
+        writers.append((explanation_table_name(config["dataset"]),
+                        lambda target: write_explanation_table(target, table)))
     out_dir = profiles_dir(config)
-    with atomic_directory(out_dir) as staging:
+    meta = {"source": report["source"], "force": report["force"]}
+    with ARTIFACTS["profiles"].writing(config, input_hash, meta) as staging:
         for name, write in writers:
             write(staging / name)
         write_json(staging / "report.json", report)

@@ -16,31 +16,33 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from recbole_mmprefer.config import run_dir
-from recbole_mmprefer.data.explanations import explanation_table_path, read_explanation_table
+from recbole_mmprefer.artifacts import ARTIFACTS, cache_file, explanation_table_file
+from recbole_mmprefer.data.explanations import read_explanation_table
+from recbole_mmprefer.data.generations import read_generations
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.evaluation.baselines import item_template_explanations, nearest_neighbour_explanations
 from recbole_mmprefer.evaluation.metrics import TEXT_METRICS, BERTScoreEvaluator, TextMetricSettings, text_metrics
 from recbole_mmprefer.evaluation.report import write_report
-from recbole_mmprefer.evaluation.systems import align, published_baselines, read_generations, reference_rows
-from recbole_mmprefer.utils import atomic_directory
+from recbole_mmprefer.evaluation.systems import align, published_baselines, reference_rows
 
 logger = logging.getLogger(__name__)
 
 MODEL_METRICS = ("likelihood", "bleurt", "judge")
-CHEAP_BASELINES = ("item-template", "nearest-neighbour")
 
 
 def evaluation_dir(config, name: str) -> Path:
-    return run_dir(config) / "evaluation" / name
+    return ARTIFACTS["evaluation"].dir(config, name=name)
 
 
 def collect_systems(config, table: pd.DataFrame, rows: pd.DataFrame, generation_files: Dict[str, Path],
                     published: bool, baselines: bool) -> Tuple[Dict[str, pd.DataFrame], Dict[str, str]]:
-    """The systems to score (name -> generation frame) and where each came from."""
+    """The systems to score (name -> generation frame) and where each came from.
+
+    The given files are read and aligned first, so a missing pair is reported before any encoder loads."""
     systems, sources = {}, {}
     for name, path in generation_files.items():
         systems[name], sources[name] = read_generations(path), str(path)
+    align(rows, systems, table)
     if published:
         for name, frame in published_baselines(table).items():
             systems[f"{name} (published)"] = frame
@@ -99,7 +101,7 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
 
     ``max_rows`` keeps the first rows of the split only (a CPU budget); the report says so.
     """
-    table = read_explanation_table(explanation_table_path(Path(config["data_path"]), config["dataset"]))
+    table = read_explanation_table(explanation_table_file(config))
     rows = reference_rows(table, split)
     subset = {}
     if max_rows is not None and max_rows < len(rows):
@@ -108,14 +110,15 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
     metrics = requested_metrics(config)
     systems, sources = collect_systems(config, table, rows, dict(generation_files or {}), published, baselines)
     candidates, left_out = align(rows, systems, table)
-    out_dir = evaluation_dir(config, name or (split or "all"))
-    cache_dir = run_dir(config) / "evaluation" / "cache"
+    report_name = name or (split or "all")
+    out_dir = evaluation_dir(config, report_name)
+    cache_dir = cache_file(config, "judge").parent
     cache_dir.mkdir(parents=True, exist_ok=True)
     results, absent, used = score_systems(config, candidates, rows["explanation"].tolist(), metrics, cache_dir)
     context = {"dataset": config["dataset"], "split": split or "all", "rows": len(rows), **subset, "systems": sources,
                "pairs left out (other splits)": {k: v for k, v in left_out.items() if v},
                "metrics": metrics, **used}
-    with atomic_directory(out_dir) as staging:
+    with ARTIFACTS["evaluation"].writing(config, "", name=report_name) as staging:
         write_report(staging, results, rows, context, absent)
     logger.info("Evaluated %d systems on %d rows: %s", len(results), len(rows), out_dir / "table.md")
     return out_dir

@@ -49,6 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.settings import StageSettings, check_int, check_optional_int, check_str_list
 
 TEXT_METRICS = ("bertscore", "bleu", "rouge_l", "usr")
 BLEU_ORDERS = (1, 4)
@@ -86,33 +87,25 @@ class MetricResult:
 
 
 @dataclass
-class TextMetricSettings:
+class TextMetricSettings(StageSettings):
     """What :func:`text_metrics` computes and with which encoder (``properties/evaluation.yaml``)."""
 
-    bertscore_model: Optional[str] = None
-    bertscore_layer: Optional[int] = None
-    bertscore_baseline: Optional[str] = None
-    batch_size: int = 32
-    metrics: Sequence[str] = TEXT_METRICS
-    device: Optional[str] = None
+    KEYS = {"bertscore_model": "eval_bertscore_model", "bertscore_layer": "eval_bertscore_layer",
+            "bertscore_baseline": "eval_bertscore_baseline", "batch_size": "eval_text_batch_size",
+            "metrics": "eval_metrics", "device": "device"}
 
-    @classmethod
-    def from_config(cls, config) -> "TextMetricSettings":
-        """Read the ``eval_*`` keys from a RecBole Config or a dict; missing or ~ keys keep the defaults."""
-        defaults = cls()
-        return cls(
-            bertscore_model=_setting(config, "eval_bertscore_model", defaults.bertscore_model),
-            bertscore_layer=_setting(config, "eval_bertscore_layer", defaults.bertscore_layer),
-            bertscore_baseline=_setting(config, "eval_bertscore_baseline", defaults.bertscore_baseline),
-            batch_size=int(_setting(config, "eval_text_batch_size", defaults.batch_size)),
-            metrics=tuple(_setting(config, "eval_metrics", defaults.metrics)),
-            device=_setting(config, "device", defaults.device),
-        )
+    bertscore_model: Optional[str]
+    bertscore_layer: Optional[int]
+    bertscore_baseline: Optional[str]
+    batch_size: int
+    metrics: Sequence[str]
+    device: Optional[str]
 
-
-def _setting(config, key: str, default):
-    value = config[key] if key in config else None
-    return default if value is None else value
+    def __post_init__(self):
+        self.bertscore_layer = check_optional_int("eval_bertscore_layer", self.bertscore_layer, 0)
+        self.batch_size = check_int("eval_text_batch_size", self.batch_size, 1)
+        self.metrics = tuple(check_str_list("eval_metrics", self.metrics))
+        self.device = None if self.device is None else str(self.device)
 
 
 def check_texts(texts: Sequence[str], role: str) -> None:
@@ -348,7 +341,7 @@ def text_metrics(candidates: Sequence[str], references: Sequence[str],
     or ``bertscore`` (an evaluator already loaded, whose own settings win) is used.
     """
     check_pairs(candidates, references)
-    settings = settings or TextMetricSettings()
+    settings = settings or TextMetricSettings.from_config(None)
     wanted = set(settings.metrics)
     results: Dict[str, MetricResult] = {}
     if "bertscore" in wanted:

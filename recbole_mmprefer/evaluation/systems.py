@@ -1,58 +1,21 @@
-"""Generation files and their alignment with the explanation table (paper section 4.2 protocol).
+"""Systems' generation files aligned with the explanation table (paper section 4.2 protocol).
 
-A system's output is a JSON-lines file, one object per pair::
-
-    {"user_id": "4748", "item_id": "1247", "explanation": "The user would enjoy ..."}
-
-(other fields, e.g. the paths used, are kept but not scored). Every system is
-scored on exactly the same rows: the explanation table's pairs of one split
-(or all). A pair that a system lacks, or one it has that the table does not,
+A system's output is a generation file (:mod:`recbole_mmprefer.data.generations`).
+Every system is scored on exactly the same rows: the explanation table's pairs
+of one split (or all). A pair that a system lacks, or one it has that the table does not,
 stops the evaluation with a report of both, so no system is silently scored
 on an easier subset.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import pandas as pd
 
 from recbole_mmprefer.data.explanations import SPLITS
-from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.utils import json_lines
-
-GENERATION_FIELDS = ("user_id", "item_id", "explanation")
-
-
-def read_generations(path: Path) -> pd.DataFrame:
-    """A generation file as a frame (user_id, item_id, explanation); errors name the line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"Generation file {path} not found")
-    records = []
-    for number, record in json_lines(path):
-        for field in GENERATION_FIELDS:
-            if not isinstance(record.get(field), (str, int)) or (field != "explanation" and record[field] == ""):
-                raise InputError(f"{path}, line {number}: field {field!r} missing or not a string")
-        records.append({field: str(record[field]) for field in GENERATION_FIELDS})
-    frame = pd.DataFrame.from_records(records, columns=list(GENERATION_FIELDS))
-    duplicated = frame.duplicated(["user_id", "item_id"])
-    if duplicated.any():
-        row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise InputError(f"{path}: pair ({frame['user_id'].iloc[row]}, {frame['item_id'].iloc[row]}) "
-                         "has more than one explanation")
-    return frame
-
-
-def write_generations(path: Path, frame: pd.DataFrame, extra: Optional[List[dict]] = None) -> None:
-    """Write (user_id, item_id, explanation) rows, each with its ``extra`` fields, as JSON lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row, record in enumerate(frame[list(GENERATION_FIELDS)].to_dict(orient="records")):
-            handle.write(json.dumps({**record, **(extra[row] if extra else {})}, ensure_ascii=False) + "\n")
+from recbole_mmprefer.data.generations import GENERATION_FIELDS
+from recbole_mmprefer.errors import InputError
 
 
 def reference_rows(table: pd.DataFrame, split: Optional[str]) -> pd.DataFrame:

@@ -9,20 +9,9 @@ embeddings of reserved prompt positions in ``inputs_embeds``.
 
 Choices made here (the paper leaves them open):
 
-* **Path neighbourhood.** A path's graph holds its nodes plus, for every path
-  node, at most ``explainer_neighbours`` of its training-graph neighbours that
-  are not on the path, with every training edge among all these nodes
-  (induced). The neighbours of a node are ranked by a random permutation
-  seeded by ``(seed, node)`` alone and the first ones not on the path are
-  taken, so a path always gets the same graph, whatever the batch or the order
-  in which paths are built. The direct edge between the path's ends (the user
-  and the item being explained) is left out, as in retrieval: a training pair
-  is in the graph and a test pair is not, and the encoder must not tell them
-  apart by that edge.
-* **Node order and features.** Path nodes come first in path order, then the
-  neighbours by id. Features are MMPSASRec's user vector for a user and item
-  vector for an item (a zero row for a node the recommender gave no vector);
-  a learned node-type embedding is added after the input projection.
+* **Path graphs** (:mod:`.path_graphs`): each path with a seeded sample of
+  its nodes' neighbours; a learned node-type embedding is added after the
+  input projection.
 * **Pooling.** ``explainer_pool: path`` (default) averages the path nodes only:
   the path is what is explained, its neighbours only feed messages into it.
   ``all`` averages every node of the path's graph.
@@ -43,201 +32,27 @@ the ablation flag reaches the prompt too.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GATConv, GCNConv, TransformerConv, global_mean_pool
 
-from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.resources import stage_setting
-from recbole_mmprefer.retrieval.graph import InteractionGraph, induced_subgraph
-
-USER_TYPE, ITEM_TYPE = 0, 1
-GNN_TYPES = ("gat", "gcn", "transformer")
-POOLS = ("path", "all")
-DEFAULTS: Dict[str, object] = {
-    "explainer_gnn": "gat", "explainer_gnn_layers": 2, "explainer_gnn_hidden": 64, "explainer_gnn_heads": 2,
-    "explainer_neighbours": 10, "explainer_pool": "path", "explainer_experts": 4, "explainer_adapter_dropout": 0.1,
-    "explainer_graph_level": True, "explainer_paths": 3, "explainer_soft_tokens": None, "seed": 0,
-}
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.explainer.settings import GNN_TYPES, POOLS, GraphPromptSettings
 
 
-# -- settings ------------------------------------------------------------------------------------------
-
-
-def setting(config, key: str):
-    """The config's value, else the shipped default (``seed`` 0 for a plain dict config)."""
-    return stage_setting(config, key, DEFAULTS.get(key))
-
-
-def graph_settings(config) -> Dict[str, object]:
-    """The graph-level settings of a config (RecBole Config or dict), checked.
-
-    ``explainer_soft_tokens`` absent or None means one per path, as in the prompt builder.
-    """
-    settings = {key: setting(config, key) for key in DEFAULTS}
-    if settings["explainer_soft_tokens"] is None:
-        settings["explainer_soft_tokens"] = settings["explainer_paths"]
-    _check_choice(settings, "explainer_gnn", GNN_TYPES)
-    _check_choice(settings, "explainer_pool", POOLS)
-    for key in ("explainer_gnn_layers", "explainer_gnn_hidden", "explainer_gnn_heads", "explainer_experts"):
-        _check_int(settings, key, 1)
-    for key in ("explainer_neighbours", "explainer_paths", "explainer_soft_tokens"):
-        _check_int(settings, key, 0)
-    if not 0 <= float(settings["explainer_adapter_dropout"]) < 1:
-        raise InputError(f"explainer_adapter_dropout must be in [0, 1), got {settings['explainer_adapter_dropout']}")
-    return settings
-
-
-def _check_choice(settings: dict, key: str, choices: Sequence[str]) -> None:
-    if settings[key] not in choices:
-        raise InputError(f"{key} must be one of {', '.join(choices)}; got {settings[key]!r}")
-
-
-def _check_int(settings: dict, key: str, minimum: int) -> None:
-    value = settings[key]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{key} must be an integer >= {minimum}, got {value!r}")
+def graph_settings(config) -> GraphPromptSettings:
+    """The graph-level settings of a config (RecBole Config, dict or None), checked."""
+    return GraphPromptSettings.from_config(config)
 
 
 def soft_prompt_tokens(config) -> int:
-    """How many prompt positions to reserve for the soft prompt.
-
-    0 under the "w/o graph-level" ablation (``explainer_graph_level: False``),
-    and also when ``explainer_soft_tokens`` or ``explainer_paths`` is 0.
-    """
-    settings = graph_settings(config)
-    if not settings["explainer_graph_level"] or not settings["explainer_paths"]:
-        return 0
-    return int(settings["explainer_soft_tokens"])
-
-
-# -- node features -----------------------------------------------------------------------------------
-
-
-def node_features(graph: InteractionGraph, user_vectors: np.ndarray, item_vectors: np.ndarray) -> Tensor:
-    """One float32 row per graph node (users, then items): the aligned user and item matrices stacked.
-
-    The matrices are in graph user / item order with a zero row where a node has
-    no vector, as ``retrieval.collect._aligned`` gives them.
-    """
-    user_vectors, item_vectors = np.asarray(user_vectors), np.asarray(item_vectors)
-    if user_vectors.ndim != 2 or item_vectors.ndim != 2:
-        raise InputError("user and item vectors must be 2-d matrices")
-    if (len(user_vectors), len(item_vectors)) != (graph.num_users, graph.num_items):
-        raise InputError(f"{len(user_vectors)} user and {len(item_vectors)} item vector rows do not fit a graph "
-                         f"of {graph.num_users} users and {graph.num_items} items")
-    if user_vectors.shape[1] != item_vectors.shape[1]:
-        raise InputError(f"user vectors have width {user_vectors.shape[1]}, item vectors {item_vectors.shape[1]}")
-    return torch.from_numpy(np.concatenate([user_vectors, item_vectors]).astype(np.float32))
-
-
-def load_node_vectors(config, graph: InteractionGraph) -> Tuple[np.ndarray, np.ndarray]:
-    """MMPSASRec's exported user and item vectors in the graph's order (zero rows where missing)."""
-    from recbole_mmprefer.model.export import recommender_dir
-    from recbole_mmprefer.retrieval.collect import _aligned
-
-    folder = recommender_dir(config)
-    if not (folder / "meta.json").is_file():
-        raise MissingInputError(f"No user/item vectors in {folder}: run `run_recbole --model=MMPSASRec "
-                                f"--dataset={config['dataset']}` first")
-    user_vectors, _ = _aligned(folder, "user", graph.user_tokens)
-    item_vectors, _ = _aligned(folder, "item", graph.item_tokens)
-    return user_vectors, item_vectors
-
-
-# -- path neighbourhood subgraphs ---------------------------------------------------------------------------
-
-
-def sample_neighbours(graph: InteractionGraph, node: int, cap: int, seed: int,
-                      exclude: Iterable[int] = ()) -> np.ndarray:
-    """Up to ``cap`` neighbours of ``node`` not in ``exclude``: the first ones of a permutation seeded by (seed, node).
-
-    The permutation depends on nothing but ``seed`` and ``node``, so the choice
-    never depends on batches or on which other paths were built before.
-    """
-    candidates = graph.neighbours(int(node))
-    exclude = np.asarray(list(exclude), dtype=np.int64)
-    if len(candidates) > cap:
-        candidates = candidates[np.random.default_rng([int(seed), int(node)]).permutation(len(candidates))]
-    candidates = candidates[~np.isin(candidates, exclude)]
-    return np.sort(candidates[:cap])
-
-
-def path_subgraph(graph: InteractionGraph, path_nodes: Sequence[int], features: Tensor, neighbours: int = 10,
-                  seed: int = 0) -> Data:
-    """The graph of one path: its nodes, at most ``neighbours`` sampled neighbours each, and the induced edges.
-
-    Returns a ``Data`` with ``x`` (rows of ``features``), ``edge_index`` (both
-    directions), ``node_type`` (0 user, 1 item), ``path_mask`` and ``node_id``
-    (global ids); path nodes come first, in path order. The edge between the
-    path's two ends is left out.
-    """
-    path = _check_path(graph, path_nodes)
-    sampled = [sample_neighbours(graph, node, neighbours, seed, exclude=path) for node in path]
-    context = np.setdiff1d(np.concatenate([np.zeros(0, dtype=np.int64), *sampled]), path)
-    nodes = np.concatenate([path, context])
-    edge_index = _induced_edge_index(graph, nodes, (int(path[0]), int(path[-1])) if len(path) > 1 else None)
-    node_id = torch.from_numpy(nodes)
-    return Data(x=features[node_id], edge_index=edge_index, node_type=(node_id >= graph.num_users).long(),
-                path_mask=torch.arange(len(nodes)) < len(path), node_id=node_id, num_nodes=len(nodes))
-
-
-def _check_path(graph: InteractionGraph, path_nodes: Sequence[int]) -> np.ndarray:
-    path = np.asarray(path_nodes, dtype=np.int64).reshape(-1)
-    if len(path) == 0:
-        raise InputError("a retrieval path needs at least one node")
-    if path.min() < 0 or path.max() >= graph.num_nodes:
-        raise InputError(f"path {path.tolist()} names a node outside the graph's {graph.num_nodes} nodes")
-    if len(np.unique(path)) != len(path):
-        raise InputError(f"path {path.tolist()} visits a node twice")
-    return path
-
-
-def _induced_edge_index(graph: InteractionGraph, nodes: np.ndarray, removed: Optional[Tuple[int, int]]) -> Tensor:
-    """Every training edge among ``nodes`` (both directions), as local ids in the order of ``nodes``."""
-    order = np.argsort(nodes)
-    subgraph = induced_subgraph(graph, nodes[order], removed_edge=removed)
-    sources = np.repeat(np.arange(subgraph.num_nodes), subgraph.degrees)
-    return torch.from_numpy(np.stack([order[sources], order[subgraph.indices]]).astype(np.int64))
-
-
-class PathSubgraphBuilder:
-    """Builds path subgraphs from ``paths.jsonl`` records: the graph, the node features and the settings in one place.
-
-    Nothing is cached: a path's graph is cheap next to the LLM step and always the same.
-    """
-
-    def __init__(self, graph: InteractionGraph, user_vectors: np.ndarray, item_vectors: np.ndarray,
-                 neighbours: int = 10, seed: int = 0):
-        self.graph, self.neighbours, self.seed = graph, int(neighbours), int(seed)
-        self.features = node_features(graph, user_vectors, item_vectors)
-
-    @classmethod
-    def from_config(cls, config, graph: Optional[InteractionGraph] = None) -> "PathSubgraphBuilder":
-        """The training graph and MMPSASRec vectors of the config's run, with its neighbour cap and seed."""
-        from recbole_mmprefer.retrieval.collect import load_graph
-
-        graph = load_graph(config) if graph is None else graph
-        settings = graph_settings(config)
-        return cls(graph, *load_node_vectors(config, graph), settings["explainer_neighbours"], settings["seed"])
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.features.shape[1])
-
-    def path(self, path_nodes: Sequence[int]) -> Data:
-        return path_subgraph(self.graph, path_nodes, self.features, self.neighbours, self.seed)
-
-    def pair(self, record: Union[dict, Sequence[Sequence[int]]], k: Optional[int] = None) -> List[Data]:
-        """The graphs of a pair's first ``k`` paths: a ``paths.jsonl`` record or a list of node lists."""
-        paths = record.get("paths", []) if isinstance(record, dict) else record
-        node_lists = [path["nodes"] if isinstance(path, dict) else path for path in paths]
-        return [self.path(nodes) for nodes in node_lists[:k]]
+    """How many prompt positions to reserve for the soft prompt (see
+    :attr:`GraphPromptSettings.soft_prompt_tokens`)."""
+    return graph_settings(config).soft_prompt_tokens
 
 
 # -- the GNN ----------------------------------------------------------------------------------------
@@ -361,12 +176,14 @@ class GraphSoftPrompt(nn.Module):
 
     @classmethod
     def from_config(cls, config, in_dim: int, llm_hidden: int) -> "GraphSoftPrompt":
-        settings = graph_settings(config)
-        return cls(in_dim, llm_hidden, paths=settings["explainer_paths"],
-                   soft_tokens=settings["explainer_soft_tokens"], gnn=settings["explainer_gnn"],
-                   layers=settings["explainer_gnn_layers"], hidden_dim=settings["explainer_gnn_hidden"],
-                   heads=settings["explainer_gnn_heads"], pool=settings["explainer_pool"],
-                   experts=settings["explainer_experts"], dropout=float(settings["explainer_adapter_dropout"]))
+        return cls.from_settings(graph_settings(config), in_dim, llm_hidden)
+
+    @classmethod
+    def from_settings(cls, settings: GraphPromptSettings, in_dim: int, llm_hidden: int) -> "GraphSoftPrompt":
+        return cls(in_dim, llm_hidden, paths=settings.paths, soft_tokens=settings.soft_prompt_tokens,
+                   gnn=settings.gnn, layers=settings.gnn_layers, hidden_dim=settings.gnn_hidden,
+                   heads=settings.gnn_heads, pool=settings.pool, experts=settings.experts,
+                   dropout=settings.adapter_dropout)
 
     def pair_vectors(self, pairs: Sequence[Sequence[Data]]) -> Tensor:
         """[batch, paths * hidden]: each pair's first ``paths`` path vectors, padded with the "no path" vector."""
@@ -384,6 +201,7 @@ class GraphSoftPrompt(nn.Module):
 
 def build_graph_soft_prompt(config, in_dim: int, llm_hidden: int) -> Optional[GraphSoftPrompt]:
     """The soft prompt module of a config, or None when :func:`soft_prompt_tokens` is 0 (no soft prompt)."""
-    if soft_prompt_tokens(config) == 0:
+    settings = graph_settings(config)
+    if settings.soft_prompt_tokens == 0:
         return None
-    return GraphSoftPrompt.from_config(config, in_dim, llm_hidden)
+    return GraphSoftPrompt.from_settings(settings, in_dim, llm_hidden)

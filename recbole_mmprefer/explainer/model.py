@@ -31,43 +31,24 @@ import torch
 from torch import Tensor, nn
 
 from recbole_mmprefer.errors import InputError
-from recbole_mmprefer.explainer.graph_encoder import GraphSoftPrompt, build_graph_soft_prompt, place_soft_prompts
-from recbole_mmprefer.explainer.prompts import IGNORE_INDEX
-from recbole_mmprefer.resources import stage_setting
+from recbole_mmprefer.explainer.graph_encoder import GraphSoftPrompt, place_soft_prompts
+from recbole_mmprefer.explainer.settings import DECODINGS, ExplainerConfig, LoraSettings
+from recbole_mmprefer.explainer.tokens import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-DECODINGS = ("greedy", "beam", "sample")
 
-
-setting = stage_setting  # config value, else the explainer property files' default
-
-
-def lora_settings(config) -> Optional[Dict[str, object]]:
-    """The LoRA settings of a config, or None under ``explainer_lora: False`` (the frozen-LLM ablation)."""
-    if not setting(config, "explainer_lora"):
-        return None
-    targets = setting(config, "explainer_lora_targets")
-    targets = [targets] if isinstance(targets, str) else [str(target) for target in targets]
-    settings = {"r": int(setting(config, "explainer_lora_r")), "alpha": int(setting(config, "explainer_lora_alpha")),
-                "dropout": float(setting(config, "explainer_lora_dropout")), "targets": targets}
-    if settings["r"] < 1 or not targets or not 0 <= settings["dropout"] < 1:
-        raise InputError(f"explainer_lora_r must be >= 1, explainer_lora_targets non-empty and "
-                         f"explainer_lora_dropout in [0, 1); got {settings}")
-    return settings
-
-
-def add_lora(llm, settings: Dict[str, object]):
-    """The LLM wrapped by peft with LoRA on ``settings['targets']`` (its own weights frozen)."""
+def add_lora(llm, settings: LoraSettings):
+    """The LLM wrapped by peft with LoRA on ``settings.targets`` (its own weights frozen)."""
     from peft import LoraConfig, get_peft_model
 
     names = {name.rsplit(".", 1)[-1] for name, _ in llm.named_modules()}
-    missing = [target for target in settings["targets"] if target not in names]
+    missing = [target for target in settings.targets if target not in names]
     if missing:
         raise InputError(f"explainer_lora_targets {missing} name no module of the LLM "
                          f"({type(llm).__name__}); e.g. Llama has q_proj, k_proj, v_proj, o_proj")
-    config = LoraConfig(r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
-                        target_modules=list(settings["targets"]), bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.targets), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(llm, config)
 
 
@@ -75,7 +56,7 @@ class ExplainerModel(nn.Module):
     """A causal LM (with or without LoRA) and an optional graph soft prompt; see the module's docstring."""
 
     def __init__(self, llm, tokenizer, soft_prompt: Optional[GraphSoftPrompt] = None,
-                 lora: Optional[Dict[str, object]] = None):
+                 lora: Optional[LoraSettings] = None):
         super().__init__()
         for parameter in llm.parameters():
             parameter.requires_grad_(False)
@@ -90,23 +71,29 @@ class ExplainerModel(nn.Module):
     @classmethod
     def from_config(cls, config, feature_dim: Optional[int] = None, device: Optional[str] = None,
                     llm=None, tokenizer=None) -> "ExplainerModel":
-        """The LLM of ``llm_path`` (or the given one), LoRA per ``explainer_lora*`` and the graph soft prompt
-        (when :func:`soft_prompt_tokens` > 0; then ``feature_dim``, the node feature width, is needed).
-        Parameters are initialised under ``seed``."""
-        from recbole_mmprefer.explainer.graph_encoder import soft_prompt_tokens
+        """:meth:`build` with the :class:`ExplainerConfig` of a RecBole Config or dict."""
+        return cls.build(ExplainerConfig.from_config(config), feature_dim, device, llm, tokenizer)
+
+    @classmethod
+    def build(cls, settings: ExplainerConfig, feature_dim: Optional[int] = None, device: Optional[str] = None,
+              llm=None, tokenizer=None) -> "ExplainerModel":
+        """The LLM of ``settings.llm`` (or the given one), LoRA per ``settings.lora`` and the graph soft prompt
+        (when it has soft tokens; then ``feature_dim``, the node feature width, is needed). Parameters are
+        initialised under the seed."""
         from recbole_mmprefer.llm import load_causal_lm
 
         if llm is None:
-            llm, tokenizer = load_causal_lm(setting(config, "llm_path"), setting(config, "llm_dtype", "float32"),
-                                            setting(config, "llm_cache_dir"), device=device)
-        torch.manual_seed(int(setting(config, "seed", 0)))
+            llm, tokenizer = load_causal_lm(settings.llm.path, settings.llm.dtype, settings.llm.cache_dir,
+                                            device=device)
+        torch.manual_seed(settings.seed)
         soft_prompt = None
-        if soft_prompt_tokens(config) > 0:
+        if settings.soft_tokens > 0:
             if feature_dim is None:
                 raise InputError("the graph soft prompt needs the node feature width (feature_dim)")
-            soft_prompt = build_graph_soft_prompt(config, feature_dim, llm.get_input_embeddings().embedding_dim)
+            soft_prompt = GraphSoftPrompt.from_settings(settings.graph, feature_dim,
+                                                        llm.get_input_embeddings().embedding_dim)
             soft_prompt.to(device=llm.device)
-        return cls(llm, tokenizer, soft_prompt, lora_settings(config))
+        return cls(llm, tokenizer, soft_prompt, settings.lora if settings.lora.enabled else None)
 
     # -- parameters -------------------------------------------------------------------------------------
 

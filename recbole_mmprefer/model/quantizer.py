@@ -27,13 +27,11 @@ from torch import nn
 from tqdm import tqdm
 
 from recbole_mmprefer import __version__
-from recbole_mmprefer.config import run_dir
-from recbole_mmprefer.data.features import features_dir
+from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.settings import StageSettings, check_bool, check_float, check_int
 from recbole_mmprefer.utils import (
     align_rows,
-    atomic_directory,
-    is_up_to_date,
     json_sha256,
     read_json,
     read_lines,
@@ -47,31 +45,37 @@ KMEANS_INIT_POINTS = 8192  # most residuals a codebook's k-means initialisation 
 
 
 @dataclass
-class QuantizerSettings:
-    levels: int = 4
-    codebook_size: int = 256
-    code_dim: int = 64
-    hidden_sizes: Tuple[int, ...] = (256, 128)
-    beta: float = 0.25
-    infonce_weight: float = 0.1
-    temperature: float = 0.1
-    epochs: int = 300
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
-    kmeans_init: bool = True
-    dead_code_reset: bool = True
-    seed: int = 2020
+class QuantizerSettings(StageSettings):
+    """The ``rq_*`` keys of properties/quantizer.yaml (and ``seed``), checked."""
 
-    @classmethod
-    def from_config(cls, config) -> "QuantizerSettings":
-        return cls(
-            levels=config["rq_levels"], codebook_size=config["rq_codebook_size"], code_dim=config["rq_code_dim"],
-            hidden_sizes=tuple(config["rq_hidden_sizes"]), beta=config["rq_beta"],
-            infonce_weight=config["rq_infonce_weight"], temperature=config["rq_temperature"],
-            epochs=config["rq_epochs"], batch_size=config["rq_batch_size"],
-            learning_rate=config["rq_learning_rate"], kmeans_init=config["rq_kmeans_init"],
-            dead_code_reset=config["rq_dead_code_reset"], seed=config["seed"],
-        )
+    PREFIX = "rq_"
+    KEYS = {"seed": "seed"}
+
+    levels: int
+    codebook_size: int
+    code_dim: int
+    hidden_sizes: Tuple[int, ...]
+    beta: float
+    infonce_weight: float
+    temperature: float
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    kmeans_init: bool
+    dead_code_reset: bool
+    seed: int
+
+    def __post_init__(self):
+        for name in ("levels", "codebook_size", "code_dim", "epochs", "batch_size"):
+            setattr(self, name, check_int(self.key(name), getattr(self, name), 1))
+        self.hidden_sizes = tuple(check_int("rq_hidden_sizes", size, 1) for size in self.hidden_sizes)
+        self.beta = check_float("rq_beta", self.beta, 0.0)
+        self.infonce_weight = check_float("rq_infonce_weight", self.infonce_weight, 0.0)
+        self.temperature = check_float("rq_temperature", self.temperature, 0.0, above_minimum=True)
+        self.learning_rate = check_float("rq_learning_rate", self.learning_rate, 0.0, above_minimum=True)
+        self.kmeans_init = check_bool("rq_kmeans_init", self.kmeans_init)
+        self.dead_code_reset = check_bool("rq_dead_code_reset", self.dead_code_reset)
+        self.seed = check_int("seed", self.seed)
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -292,12 +296,11 @@ def code_report(model: JointRQVAE, features: Mapping[str, np.ndarray],
 
 
 def quantizer_dir(config) -> Path:
-    return run_dir(config) / "quantizer"
+    return ARTIFACTS["quantizer"].dir(config)
 
 
-def _load_feature_folder(folder: Path, dataset: str) -> Tuple[np.ndarray, List[str], dict]:
-    if not (folder / "meta.json").is_file():
-        raise MissingInputError(f"No item features in {folder}: run `mmprefer features --dataset {dataset}` first")
+def _load_features(config, modality: str) -> Tuple[np.ndarray, List[str], dict]:
+    folder = ARTIFACTS["features"].require(config, modality=modality)
     return np.load(folder / "features.npy"), read_lines(folder / "items.txt"), read_json(folder / "meta.json")
 
 
@@ -305,7 +308,7 @@ def build_semantic_ids(config, force: bool = False) -> Path:
     """Train the joint RQ-VAE on the stored features and write semantic IDs + codebooks."""
     settings = QuantizerSettings.from_config(config)
     modalities = list(config["modalities"])
-    loaded = {m: _load_feature_folder(features_dir(config, m), config["dataset"]) for m in modalities}
+    loaded = {m: _load_features(config, m) for m in modalities}
     tokens = loaded[modalities[0]][1]
     for m, (_, other_tokens, _) in loaded.items():
         if other_tokens != tokens:
@@ -314,7 +317,7 @@ def build_semantic_ids(config, force: bool = False) -> Path:
     input_hash = json_sha256({"settings": settings.__dict__, "recbole_mmprefer": __version__,
                               "features": {m: v[2]["input_hash"] for m, v in loaded.items()}})
     out_dir = quantizer_dir(config)
-    if not force and is_up_to_date(out_dir, input_hash):
+    if not force and ARTIFACTS["quantizer"].is_fresh(config, input_hash):
         logger.info("Semantic IDs are up to date in %s", out_dir)
         return out_dir
 
@@ -322,14 +325,13 @@ def build_semantic_ids(config, force: bool = False) -> Path:
     model, history = train_joint_rqvae(features, settings, show_progress=config["show_progress"])
     outputs = model.encode({m: torch.as_tensor(v, dtype=torch.float32) for m, v in features.items()})
     report = code_report(model, features, outputs)
-    with atomic_directory(out_dir) as staging:
+    meta = {"modalities": modalities, "settings": settings.__dict__, "items": len(tokens)}
+    with ARTIFACTS["quantizer"].writing(config, input_hash, meta) as staging:
         for m in modalities:
             np.save(staging / f"{m}.semantic_ids.npy", outputs[m]["codes"].numpy().astype(np.int64))
             np.save(staging / f"{m}.codebooks.npy", model.rqvae[m].quantizer.codebooks.detach().numpy())
         write_lines(staging / "items.txt", tokens)
         write_json(staging / "report.json", {**report, "final_loss": history[-1] if history else None})
-        write_json(staging / "meta.json", {"modalities": modalities, "settings": settings.__dict__,
-                                           "input_hash": input_hash, "items": len(tokens)})
     for m in modalities:
         logger.info("%s semantic IDs: code usage per level %s, collision rate %.4f", m,
                     [round(u, 3) for u in report[m]["code_usage_per_level"]], report[m]["collision_rate"])

@@ -142,6 +142,20 @@ class PathResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_record(self) -> dict:
+        """The pair's line of ``paths.jsonl`` (``user_id``, ``item_id``, ...); :meth:`from_record` reads it."""
+        record = self.to_dict()
+        return {"user_id": record.pop("user"), "item_id": record.pop("item"), **record}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PathResult":
+        """The result of a ``paths.jsonl`` line written by :meth:`to_record`."""
+        paths = [RetrievalPath(tuple(path["nodes"]), tuple(path["types"]), tuple(path["tokens"]), path["cost"])
+                 for path in record.get("paths", [])]
+        return cls(user=str(record["user_id"]), item=str(record["item_id"]), status=record["status"], paths=paths,
+                   subgraph_nodes=int(record.get("subgraph_nodes", 0)),
+                   subgraph_edges=int(record.get("subgraph_edges", 0)))
+
 
 def make_path(graph: InteractionGraph, nodes: Tuple[int, ...], fixed_cost: int) -> RetrievalPath:
     return RetrievalPath(nodes=tuple(int(node) for node in nodes),

@@ -16,11 +16,12 @@ from typing import List, Optional, Tuple
 import networkx as nx
 import numpy as np
 
+from recbole_mmprefer.data.node_text import NodeText
 from recbole_mmprefer.errors import InputError
-from recbole_mmprefer.explainer.prompts import NodeText
-from recbole_mmprefer.retrieval.collect import load_graph, load_vectors, path_settings
 from recbole_mmprefer.retrieval.graph import InteractionGraph
+from recbole_mmprefer.retrieval.inputs import load_graph, load_node_vectors
 from recbole_mmprefer.retrieval.paths import PathResult, find_paths
+from recbole_mmprefer.retrieval.settings import RetrievalSettings
 
 PATH_COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
                 "#bcbd22", "#7f7f7f"]
@@ -35,9 +36,10 @@ def shown_profile(text: NodeText, kind: str, token: str) -> str:
 
 
 def pair_paths(config, user: str, item: str) -> Tuple[InteractionGraph, PathResult]:
+    settings = RetrievalSettings.from_config(config)
     graph = load_graph(config)
-    user_vectors, item_vectors, _ = load_vectors(config, graph)
-    return graph, find_paths(graph, str(user), str(item), user_vectors, item_vectors, **path_settings(config))
+    user_vectors, item_vectors, _ = load_node_vectors(config, graph) if settings.needs_vectors else (None, None, {})
+    return graph, find_paths(graph, str(user), str(item), user_vectors, item_vectors, **settings.search())
 
 
 def describe(result: PathResult, text: NodeText) -> str:
