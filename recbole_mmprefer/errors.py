@@ -11,3 +11,7 @@ class MissingInputError(FileNotFoundError):
 
 class TrainingDiverged(ArithmeticError):
     """A loss that is not finite; the message names the step, the batch and the last good checkpoint."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a resumable stage; the message says what was kept and how to resume."""

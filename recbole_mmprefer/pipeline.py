@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -31,12 +32,31 @@ from recbole_mmprefer.artifacts import (
     node_profile_folder,
 )
 from recbole_mmprefer.data.atomic import in_time_order, is_last_of_user, read_atomic_file
-from recbole_mmprefer.data.explanations import read_explanation_table, read_node_profiles
+from recbole_mmprefer.data.explanations import SPLITS, read_explanation_table, read_node_profiles
 from recbole_mmprefer.data.profiles import build_profiles, recorded_run
 from recbole_mmprefer.retrieval.inputs import write_pair_file
+from recbole_mmprefer.settings import StageSettings, check_bool, check_choice, check_int
 from recbole_mmprefer.utils import file_sha256, json_sha256
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineSettings(StageSettings):
+    """The ``pipeline_*`` keys of properties/pipeline.yaml, checked."""
+
+    PREFIX = "pipeline_"
+
+    split: str
+    pairs: int
+    train: bool
+    report_pairs: int
+
+    def __post_init__(self):
+        self.split = check_choice("pipeline_split", self.split, SPLITS)
+        self.pairs = check_int("pipeline_pairs", self.pairs, 1)
+        self.train = check_bool("pipeline_train", self.train)
+        self.report_pairs = check_int("pipeline_report_pairs", self.report_pairs, 0)
 
 
 def ensure_recommender(config, force: bool) -> None:
@@ -66,15 +86,15 @@ def ensure_profiles(config) -> None:
         build_profiles(config, source="template")
 
 
-def pairs_to_explain(config) -> Tuple[Optional[str], Optional[Path]]:
+def pairs_to_explain(config, settings: PipelineSettings) -> Tuple[Optional[str], Optional[Path]]:
     """(split, pair file): a split of the explanation table, or a pair file written for a data set without one."""
     if has_explanation_table(config):
-        return config["pipeline_split"], None
+        return settings.split, None
     frame = read_atomic_file(dataset_file(config, "inter"))
     user, item = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
     frame = in_time_order(frame, config["TIME_FIELD"])
     last = frame[is_last_of_user(frame, user)]  # the interaction profiles hold out (data/profiles.py)
-    users = sorted(last[user].unique(), key=lambda token: (len(token), token))[:config["pipeline_pairs"]]
+    users = sorted(last[user].unique(), key=lambda token: (len(token), token))[:settings.pairs]
     chosen = last.set_index(user).loc[users, item]
     pair_file = ARTIFACTS["pipeline_pairs"].file(config)
     write_pair_file(pair_file, list(chosen.items()))
@@ -87,13 +107,14 @@ def run_pipeline(config, force: bool = False) -> Path:
     from recbole_mmprefer.explainer.train import train_explainer
     from recbole_mmprefer.retrieval.collect import collect_paths
 
+    settings = PipelineSettings.from_config(config)
     ensure_recommender(config, force)
     ensure_profiles(config)
-    split, pair_file = pairs_to_explain(config)
+    split, pair_file = pairs_to_explain(config, settings)
     collect_paths(config, split=split, pairs_file=pair_file)
     has_table = pair_file is None
     model_dir = None
-    if has_table and config["pipeline_train"]:
+    if has_table and settings.train:
         model_dir = train_explainer(config)
     generations = generate_explanations(config, model_dir=model_dir, split=split)
     evaluation = None
@@ -101,11 +122,11 @@ def run_pipeline(config, force: bool = False) -> Path:
         from recbole_mmprefer.evaluation.evaluate import evaluate
 
         evaluation = evaluate(config, {"mmp-refer": generations}, split=split)
-    return write_pipeline_report(config, generations, evaluation)
+    return write_pipeline_report(config, generations, evaluation, settings.report_pairs)
 
 
-def write_pipeline_report(config, generations: Path, evaluation: Optional[Path]) -> Path:
-    """report.md and report.html: the first ``pipeline_report_pairs`` pairs with paths, drawings and texts."""
+def write_pipeline_report(config, generations: Path, evaluation: Optional[Path], pairs: int) -> Path:
+    """report.md and report.html: the first ``pairs`` pairs with their paths, drawings and texts."""
     from recbole_mmprefer.data.generations import read_generations
     from recbole_mmprefer.data.node_text import NodeText
     from recbole_mmprefer.retrieval.collect import read_run_paths
@@ -115,7 +136,7 @@ def write_pipeline_report(config, generations: Path, evaluation: Optional[Path])
 
     graph, text = load_graph(config), NodeText.from_config(config)
     records = {(r["user_id"], r["item_id"]): r for r in read_run_paths(config)}
-    explained = read_generations(generations).head(config["pipeline_report_pairs"])
+    explained = read_generations(generations).head(pairs)
     references = _references(config)
     sections: List[Dict[str, str]] = []
     for user, item, explanation in explained.itertuples(index=False, name=None):

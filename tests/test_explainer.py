@@ -369,3 +369,31 @@ def test_a_trained_explainer_reloads_from_its_saved_config_alone_in_a_fresh_proc
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "there.jsonl").read_bytes() == here.read_bytes()
     assert read_json(tmp_path / "there.jsonl.meta.json")["soft_tokens"] == 3
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_step_checkpoint(llama, tmp_path):
+    cfg = config(llama, explainer_checkpoint_steps=1)  # 4 train pairs, batch 2: 2 steps per epoch
+    full = train_explainer(cfg, tmp_path / "full", **inputs())
+    assert not list(full.glob("checkpoint-epoch*-step*"))  # an epoch's step checkpoints go when it ends
+    steps = []
+
+    def stop_in_epoch_2_step_2(epoch, step, loss):
+        steps.append((epoch, step))
+        if (epoch, step) == (2, 2):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_explainer(cfg, tmp_path / "stopped", step_callback=stop_in_epoch_2_step_2, **inputs())
+    assert sorted(p.name for p in (tmp_path / "stopped").glob("checkpoint-*")) == ["checkpoint-epoch1",
+                                                                                 "checkpoint-epoch2-step1"]
+    steps.clear()
+    resumed = train_explainer(cfg, tmp_path / "stopped", step_callback=lambda *step: steps.append(step[:2]),
+                              **inputs())
+    assert steps == [(2, 2)]  # only the step after the checkpoint is trained again
+    meta = read_json(resumed / "meta.json")
+    assert (meta["resumed_after_epoch"], meta["resumed_at_step"]) == (1, 1)
+    expected = torch.load(full / ADAPTER_FILE, weights_only=True)
+    for name, value in torch.load(resumed / ADAPTER_FILE, weights_only=True).items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
+    assert np.allclose([entry["train_loss"] for entry in meta["history"]],
+                       [entry["train_loss"] for entry in read_json(full / "meta.json")["history"]])

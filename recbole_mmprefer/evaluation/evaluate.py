@@ -50,7 +50,8 @@ def collect_systems(config, table: pd.DataFrame, rows: pd.DataFrame, generation_
     if baselines:
         systems["item-template"] = item_template_explanations(rows)
         sources["item-template"] = "baselines.item_template_explanations"
-        systems["nearest-neighbour"] = nearest_neighbour_explanations(rows, table, config["eval_bertscore_model"])
+        encoder = TextMetricSettings.from_config(config).bertscore_model
+        systems["nearest-neighbour"] = nearest_neighbour_explanations(rows, table, encoder)
         sources["nearest-neighbour"] = "baselines.nearest_neighbour_explanations (train-split pairs, MiniLM)"
     if not systems:
         raise InputError("nothing to evaluate: give generation files (--system NAME=FILE) or keep the "
@@ -59,7 +60,7 @@ def collect_systems(config, table: pd.DataFrame, rows: pd.DataFrame, generation_
 
 
 def requested_metrics(config) -> List[str]:
-    metrics = list(config["eval_metrics"] or [])
+    metrics = list(TextMetricSettings.from_config(config).metrics)
     unknown = [name for name in metrics if name not in TEXT_METRICS and name not in MODEL_METRICS]
     if unknown:
         raise InputError(f"unknown eval_metrics {unknown}; known: {list(TEXT_METRICS) + list(MODEL_METRICS)}")

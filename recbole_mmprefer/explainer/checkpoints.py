@@ -2,7 +2,12 @@
 
 ``<out_dir>/checkpoint-epoch{n}/`` holds the trainable weights
 (``trainable.pt``), the optimizer state (``optimizer.pt``) and ``state.json``
-(epoch, loss history, the hash of the inputs without the epoch count). When
+(epoch, loss history, the hash of the inputs without the epoch count). Inside
+an epoch, every ``explainer_checkpoint_steps`` steps,
+``checkpoint-epoch{n}-step{s}/`` holds the same after ``s`` steps of epoch
+``n``, plus the step losses so far and the random state (``rng.pt``), so a
+resumed run skips those steps and continues as if it had never stopped; it is
+replaced by the next one and removed when the epoch ends. When
 training ends, ``adapter.pt`` (the trainable weights only), ``explainer_config.json``
 (:class:`~recbole_mmprefer.explainer.settings.ExplainerConfig`, as peft saves
 ``adapter_config.json``) and, last, ``meta.json`` are written; a folder is a
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,39 +33,71 @@ from recbole_mmprefer.explainer.settings import ExplainerConfig
 from recbole_mmprefer.utils import atomic_directory, read_json, write_json
 
 ADAPTER_FILE = "adapter.pt"
-CHECKPOINT = re.compile(r"^checkpoint-epoch(\d+)$")
+CHECKPOINT = re.compile(r"^checkpoint-epoch(\d+)(?:-step(\d+))?$")
+END_OF_EPOCH = 1 << 62  # sorts an epoch's own checkpoint after its mid-epoch ones
 
 
-def checkpoints(out_dir: Path) -> List[Tuple[int, Path]]:
-    """(epoch, folder) of every epoch checkpoint in ``out_dir``, oldest first."""
+@dataclass
+class Checkpoint:
+    """A checkpoint folder: after ``step`` steps of ``epoch``, or (step None) after the whole epoch."""
+
+    epoch: int
+    step: Optional[int]
+    folder: Path
+
+    @property
+    def order(self) -> Tuple[int, int]:
+        return self.epoch, END_OF_EPOCH if self.step is None else self.step
+
+
+def checkpoints(out_dir: Path) -> List[Checkpoint]:
+    """Every checkpoint in ``out_dir``, oldest first."""
     if not Path(out_dir).is_dir():
         return []
-    found = [(int(match.group(1)), folder) for folder in Path(out_dir).iterdir()
-             for match in [CHECKPOINT.match(folder.name)] if match]
-    return sorted(found)
+    found = [Checkpoint(int(match.group(1)), int(match.group(2)) if match.group(2) else None, folder)
+             for folder in Path(out_dir).iterdir() for match in [CHECKPOINT.match(folder.name)] if match]
+    return sorted(found, key=lambda checkpoint: checkpoint.order)
 
 
-def latest_checkpoint(out_dir: Path, resume_hash: str, epochs: int) -> Optional[Tuple[int, Path]]:
-    """(epoch, folder) of the latest checkpoint written from these inputs, at most ``epochs``."""
-    found = [(epoch, folder) for epoch, folder in checkpoints(out_dir)
-             if epoch <= epochs and (folder / "state.json").is_file()
-             and read_json(folder / "state.json").get("resume_hash") == resume_hash]
+def latest_checkpoint(out_dir: Path, resume_hash: str, epochs: int) -> Optional[Checkpoint]:
+    """The latest checkpoint written from these inputs, within the first ``epochs`` epochs."""
+    found = [checkpoint for checkpoint in checkpoints(out_dir)
+             if checkpoint.epoch <= epochs and (checkpoint.folder / "state.json").is_file()
+             and read_json(checkpoint.folder / "state.json").get("resume_hash") == resume_hash]
     return found[-1] if found else None
 
 
 def write_checkpoint(out_dir: Path, epoch: int, model: ExplainerModel, optimizer, resume_hash: str,
-                     history: List[dict]) -> None:
-    with atomic_directory(Path(out_dir) / f"checkpoint-epoch{epoch}") as staging:
+                     history: List[dict], step: Optional[int] = None, step_losses: Sequence[float] = ()) -> Path:
+    """An epoch checkpoint, or (``step``) a mid-epoch one that replaces the epoch's previous mid-epoch one."""
+    name = f"checkpoint-epoch{epoch}" + (f"-step{step}" if step is not None else "")
+    state = {"epoch": epoch, "resume_hash": resume_hash, "history": history}
+    if step is not None:
+        state.update(step=step, step_losses=list(step_losses))
+    with atomic_directory(Path(out_dir) / name) as staging:
         torch.save(model.trainable_state_dict(), staging / "trainable.pt")
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        write_json(staging / "state.json", {"epoch": epoch, "resume_hash": resume_hash, "history": history})
+        if step is not None:
+            torch.save(torch.get_rng_state(), staging / "rng.pt")
+        write_json(staging / "state.json", state)
+    for older in checkpoints(out_dir):
+        if older.epoch == epoch and older.step is not None and older.step != step:
+            shutil.rmtree(older.folder, ignore_errors=True)
+    return Path(out_dir) / name
 
 
-def read_checkpoint(folder: Path, model: ExplainerModel, optimizer) -> List[dict]:
-    """Load a checkpoint into the model and optimizer; returns its loss history."""
+def read_checkpoint(checkpoint: Checkpoint, model: ExplainerModel, optimizer) -> dict:
+    """Load a checkpoint into the model and optimizer (and the random state of a mid-epoch one); returns its
+    state (``history``, and ``step``, ``step_losses`` for a mid-epoch one)."""
+    folder = checkpoint.folder
     model.load_trainable_state_dict(torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-    return list(read_json(folder / "state.json")["history"])
+    return read_json(folder / "state.json")
+
+
+def restore_random_state(checkpoint: Checkpoint) -> None:
+    """The random state a mid-epoch checkpoint was written with (dropout goes on as if never stopped)."""
+    torch.set_rng_state(torch.load(checkpoint.folder / "rng.pt", weights_only=True))
 
 
 def save_adapter(out_dir: Path, model: ExplainerModel, settings: ExplainerConfig) -> None:
@@ -73,7 +112,7 @@ def diverged(loss: torch.Tensor, epoch: int, step: int, records, out_dir: Path) 
     """The error for a loss that is not finite: where, which pairs, and what is left to resume from."""
     pairs = ", ".join(f"({record['user_id']}, {record['item_id']})" for record in records)
     done = checkpoints(out_dir)
-    kept = (f"the last good checkpoint, {done[-1][1]}, is intact and a rerun resumes from it" if done else
+    kept = (f"the last good checkpoint, {done[-1].folder}, is intact and a rerun resumes from it" if done else
             "no checkpoint was written yet")
     return TrainingDiverged(f"explainer loss is {float(loss.detach())} at epoch {epoch}, step {step}, batch of pairs "
                             f"{pairs}: training stopped before the update; {kept}. Lower explainer_learning_rate "

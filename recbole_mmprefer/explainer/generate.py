@@ -55,6 +55,7 @@ from tqdm import tqdm
 from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, write_meta
 from recbole_mmprefer.data.generations import GENERATION_FIELDS, write_generations
 from recbole_mmprefer.data.node_text import NodeText
+from recbole_mmprefer.errors import Interrupted
 from recbole_mmprefer.explainer.checkpoints import ADAPTER_FILE, load_explainer, require_trained
 from recbole_mmprefer.explainer.model import ExplainerModel
 from recbole_mmprefer.explainer.pair_data import (
@@ -170,7 +171,12 @@ def generate_explanations(config, model_dir: Optional[Path] = None, split: Optio
     model = _load_model(config, plan, _device(rank, world))
     shards = ResumableShards(plan.out_file, plan.input_hash, rank, world)
     mine = list(range(rank, len(plan.rows), world))
-    _generate_shard(model, plan, mine, int(stage_setting(config, "seed")), shards, force, rank)
+    try:
+        _generate_shard(model, plan, mine, int(stage_setting(config, "seed")), shards, force, rank)
+    except KeyboardInterrupt:
+        raise Interrupted(f"generate: stopped by the user after {len(shards.completed())} of {len(mine)} pairs; "
+                          f"they are kept in {shards.work_dir}: the same command without --force resumes from them "
+                          f"(--force starts over)") from None
     barrier(world)
     if rank == 0:
         records = shards.gather(plan.keys, lambda record: (record["user_id"], record["item_id"]))

@@ -190,6 +190,7 @@ class TrainingSettings(StageSettings):
     epochs: int
     batch_size: int
     grad_accumulation: int
+    checkpoint_steps: int
     max_train_pairs: Optional[int]
     max_valid_pairs: Optional[int]
     bf16: bool
@@ -200,9 +201,22 @@ class TrainingSettings(StageSettings):
         self.epochs = check_int("explainer_epochs", self.epochs, 0)
         self.batch_size = check_int("explainer_batch_size", self.batch_size, 1)
         self.grad_accumulation = check_int("explainer_grad_accumulation", self.grad_accumulation, 1)
+        self.checkpoint_steps = check_int("explainer_checkpoint_steps", self.checkpoint_steps, 0)
         self.max_train_pairs = check_optional_int("explainer_max_train_pairs", self.max_train_pairs, 1)
         self.max_valid_pairs = check_optional_int("explainer_max_valid_pairs", self.max_valid_pairs, 0)
         self.bf16 = check_bool("explainer_bf16", self.bf16)
+
+    def results_keys(self) -> Dict[str, object]:
+        """The keys that change what training computes (not how often it checkpoints, nor for how long)."""
+        keys = self.to_config()
+        keys.pop("explainer_checkpoint_steps")
+        keys["explainer_epochs"] = None
+        return keys
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether a mid-epoch checkpoint follows ``step`` (only after a whole optimizer update)."""
+        every = self.checkpoint_steps
+        return every > 0 and step % every == 0 and step % self.grad_accumulation == 0
 
 
 @dataclass

@@ -43,9 +43,11 @@ from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, write_meta
 from recbole_mmprefer.data.node_text import NodeText
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.checkpoints import (
+    Checkpoint,
     diverged,
     latest_checkpoint,
     read_checkpoint,
+    restore_random_state,
     save_adapter,
     write_checkpoint,
 )
@@ -85,7 +87,7 @@ class TrainingInputs:
                   "node_text": self.node_text.fingerprint(),
                   "graph": self.builder.fingerprint() if self.builder is not None else None,
                   "llm": llm_identity(settings.llm), "settings": settings.to_config(),
-                  "training": {**training.to_config(), "explainer_epochs": None}}
+                  "training": training.results_keys()}
         resume_hash = json_sha256(inputs)
         return resume_hash, json_sha256({"resume_hash": resume_hash, "epochs": training.epochs})
 
@@ -203,6 +205,8 @@ class TrainingRun:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.history: List[Dict[str, object]] = []
         self.first_epoch = 1
+        self.mid_epoch: Optional[Checkpoint] = None  # resuming inside this checkpoint's epoch
+        self.mid_epoch_losses: List[float] = []
 
     def resume(self, force: bool) -> None:
         """Continue after the latest checkpoint of these inputs (``force``: remove every checkpoint instead)."""
@@ -211,10 +215,14 @@ class TrainingRun:
                 shutil.rmtree(folder, ignore_errors=True)
         found = None if force else latest_checkpoint(self.out_dir, self.resume_hash, self.training.epochs)
         if found is not None:
-            epoch_done, folder = found
-            self.history = read_checkpoint(folder, self.unwrapped, self.optimizer)
-            self.first_epoch = epoch_done + 1
-            logger.info("Resuming the explainer after epoch %d from %s", epoch_done, folder)
+            state = read_checkpoint(found, self.unwrapped, self.optimizer)
+            self.history = list(state["history"])
+            self.first_epoch = found.epoch + 1 if found.step is None else found.epoch
+            if found.step is not None:
+                self.mid_epoch, self.mid_epoch_losses = found, list(state["step_losses"])
+            logger.info("Resuming the explainer after epoch %d%s from %s", found.epoch if found.step is None else
+                        found.epoch - 1, "" if found.step is None else f" and {found.step} steps of epoch "
+                        f"{found.epoch}", found.folder)
         if self.accelerator.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "meta.json").unlink(missing_ok=True)
@@ -227,8 +235,7 @@ class TrainingRun:
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
         self.model.train()
-        losses = [self._step(epoch, step, indices, step_callback)
-                  for step, indices in enumerate(self._progress(epoch), start=1)]
+        losses = self._epoch_steps(epoch, step_callback)
         train_loss = float(np.mean(losses)) if losses else math.nan
         if self.accelerator.num_processes > 1:
             train_loss = float(self.accelerator.reduce(torch.tensor(train_loss, device=self.accelerator.device),
@@ -245,9 +252,26 @@ class TrainingRun:
             write_checkpoint(self.out_dir, epoch, self.unwrapped, self.optimizer, self.resume_hash, self.history)
         self.accelerator.wait_for_everyone()
 
-    def _progress(self, epoch: int):
-        return tqdm(self.loader, desc=f"explainer epoch {epoch}/{self.training.epochs}", unit="batch",
-                    disable=not self.accelerator.is_local_main_process)
+    def _epoch_steps(self, epoch: int, step_callback) -> List[float]:
+        """The step losses of an epoch, continuing after the mid-epoch checkpoint it resumes from."""
+        resuming = self.mid_epoch if self.mid_epoch is not None and self.mid_epoch.epoch == epoch else None
+        done, losses = (resuming.step, list(self.mid_epoch_losses)) if resuming is not None else (0, [])
+        steps = len(self.loader)
+        loader = self.accelerator.skip_first_batches(self.loader, done) if done else self.loader
+        progress = tqdm(loader, desc=f"explainer epoch {epoch}/{self.training.epochs}", unit="batch",
+                        initial=done, total=steps, disable=not self.accelerator.is_local_main_process)
+        for step, indices in enumerate(progress, start=done + 1):
+            if resuming is not None and step == done + 1:
+                # after the loader started (starting it draws from the random state), as when the checkpoint was
+                # written
+                restore_random_state(resuming)
+            losses.append(self._step(epoch, step, indices, step_callback))
+            if step < steps and self.training.checkpoint_due(step):
+                self.accelerator.wait_for_everyone()
+                if self.accelerator.is_main_process:
+                    write_checkpoint(self.out_dir, epoch, self.unwrapped, self.optimizer, self.resume_hash,
+                                     self.history, step=step, step_losses=losses)
+        return losses
 
     def _step(self, epoch: int, step: int, indices: Sequence[int], step_callback) -> float:
         batch, graphs = self.train_data.batch(indices, self.pad_id, False, self.unwrapped.soft_tokens > 0)
@@ -274,6 +298,7 @@ class TrainingRun:
                     "history": self.history, "train_pairs": len(self.train_data), "valid_pairs": len(self.valid_data),
                     "trainable_parameters": parameters, "soft_tokens": self.unwrapped.soft_tokens,
                     "world_size": self.accelerator.num_processes, "resumed_after_epoch": self.first_epoch - 1,
+                    "resumed_at_step": self.mid_epoch.step if self.mid_epoch is not None else 0,
                     "seconds_this_run": round(time.perf_counter() - self.started, 3),
                     "truncation": self.train_data.truncation_summary()}
             write_meta(self.out_dir, input_hash, meta)

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recbole_mmprefer.artifacts import ARTIFACTS
+from recbole_mmprefer.errors import Interrupted
 from recbole_mmprefer.jsonl import ResumableShards, barrier, distributed, dump_line, read_records, stale_partials
 from recbole_mmprefer.retrieval.inputs import Pair, load_graph, load_node_vectors, load_pairs
 from recbole_mmprefer.retrieval.paths import find_paths
@@ -106,13 +107,22 @@ def collect_paths(config, split: Optional[str] = None, pairs_file: Optional[Path
                               "vectors": vector_report, "pairs": pairs})
     artifact = ARTIFACTS["paths"]
     if not force and artifact.is_fresh(config, input_hash):
+        for leftover in stale_partials(artifact.dir(config)):
+            logger.info("Paths are up to date: removing %s, left by an interrupted --force run", leftover)
+            ResumableShards.discard(leftover)
         logger.info("Paths are up to date in %s", artifact.dir(config))
         return artifact.dir(config)
     rank, world = distributed()
     shards = _shards(config, input_hash, rank, world)
     started = time.perf_counter()
-    _collect_shard(pairs[rank::world], shards, settings.workers,
-                   (graph, user_vectors, item_vectors, settings.search()), force, rank)
+    try:
+        _collect_shard(pairs[rank::world], shards, settings.workers,
+                       (graph, user_vectors, item_vectors, settings.search()), force, rank)
+    except KeyboardInterrupt:
+        kept = len(shards.completed())
+        raise Interrupted(f"paths: stopped by the user after {kept} of {len(pairs[rank::world])} pairs; they are "
+                          f"kept in {shards.work_dir}: the same command without --force resumes from them "
+                          f"(--force starts over)") from None
     barrier(world)
     if rank == 0:
         records = shards.gather(pairs, lambda record: (record["user_id"], record["item_id"]))
