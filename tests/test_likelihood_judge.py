@@ -28,7 +28,7 @@ from recbole_mmprefer.evaluation.judge import (
 )
 from recbole_mmprefer.evaluation.likelihood import LikelihoodScorer, bleurt_scores, likelihood_scores
 from recbole_mmprefer.evaluation.metrics import MetricResult
-from recbole_mmprefer.llm import LocalLM
+from recbole_mmprefer.llm_backends import LocalLM
 
 CANDIDATES = ["user likes drama and comedy .", "", "the night story of a horror movie",
               "who would enjoy this action movie : the user"]

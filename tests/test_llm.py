@@ -20,17 +20,9 @@ from tiny_models import (
 
 from recbole_mmprefer import llm
 from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.llm import (
-    ApiLM,
-    LocalLM,
-    ReplyCache,
-    cache_root,
-    chat_text,
-    load_causal_lm,
-    model_name,
-    prepare_tokenizer,
-    setting,
-)
+from recbole_mmprefer.llm import cache_root, chat_text, load_causal_lm, model_name, prepare_tokenizer
+from recbole_mmprefer.llm_backends import ApiLM, LocalLM, ReplyCache
+from recbole_mmprefer.resources import stage_setting as setting
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ from tiny_models import serve_chat, write_tiny_llama
 from recbole_mmprefer.data import profiles as profiles_module
 from recbole_mmprefer.data.atomic import read_atomic_file
 from recbole_mmprefer.data.explanations import read_explanation_table, write_explanation_table
-from recbole_mmprefer.data.profiles import build_profiles, header_types
+from recbole_mmprefer.data.profile_inputs import header_types
+from recbole_mmprefer.data.profiles import build_profiles
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.llm_backends import LocalLM
 
 ITEMS = """item_id:token\ttitle:token_seq\tyear:token\tgenre:token_seq\tprice:float
 i1\tAlpha Story\t1995\tComedy Drama\t9.5
@@ -288,6 +290,21 @@ def test_bad_input_is_named(folder):
         build_profiles(config_for(folder))
 
 
+def test_bad_settings_and_review_lines_are_named(folder):
+    with pytest.raises(InputError, match="profile_method must be one of template, llm; got 'gpt'"):
+        build_profiles(config_for(folder, profile_method="gpt"))
+    with pytest.raises(InputError, match="profile_top_groups must be an integer >= 0, got -1"):
+        build_profiles(config_for(folder, profile_top_groups=-1))
+    with pytest.raises(InputError, match="profile_llm_batch_size must be an integer >= 1, got 0"):
+        build_profiles(config_for(folder, profile_llm_batch_size=0))
+    (folder / "tiny.reviews.jsonl").write_text('{"user_id": "u1", "item_id": "i1", "review": "Fine."}\n{"user_id"\n')
+    with pytest.raises(InputError, match=r"tiny.reviews.jsonl, line 2 \(byte 54\): not valid JSON"):
+        build_profiles(config_for(folder))
+    (folder / "tiny.reviews.jsonl").write_text('{"user_id": "u1", "item_id": "i1"}\n')
+    with pytest.raises(InputError, match=r"tiny.reviews.jsonl, line 1: a review needs user_id, item_id and one of"):
+        build_profiles(config_for(folder))
+
+
 def test_recbole_config_knows_the_keys(folder):
     from recbole_mmprefer.config import Config
 
@@ -305,13 +322,13 @@ def test_recbole_config_knows_the_keys(folder):
 def test_local_llm_profiles_are_cached(folder, tmp_path, monkeypatch):
     model_dir = write_tiny_llama(tmp_path / "tiny-llama")
     calls = []
-    original = profiles_module.LocalLM.generate
+    original = LocalLM.generate
 
-    def counting(self, prompts):
+    def counting(self, prompts, **options):
         calls.append(len(prompts))
-        return original(self, prompts)
+        return original(self, prompts, **options)
 
-    monkeypatch.setattr(profiles_module.LocalLM, "generate", counting)
+    monkeypatch.setattr(LocalLM, "generate", counting)
     config = config_for(folder, profile_llm_path=str(model_dir), profile_max_new_tokens=6, profile_llm_batch_size=3)
     report = build_profiles(config, source="llm")
     users, items = profiles(folder, "user"), profiles(folder, "item")
@@ -322,7 +339,7 @@ def test_local_llm_profiles_are_cached(folder, tmp_path, monkeypatch):
     assert report["llm"]["generated"] == 6 and report["llm"]["cached"] == 0
     assert (run_root(folder) / "profile_cache.jsonl").is_file()
 
-    model = profiles_module.LocalLM(str(model_dir), 6)  # left padding: a batch answers as single prompts do
+    model = LocalLM(str(model_dir), 6)  # left padding: a batch answers as single prompts do
     prompts = ["user likes drama", "who would enjoy this story of the night : drama , horror , action ."]
     assert model.generate(prompts) == [model.generate([prompt])[0] for prompt in prompts]
 

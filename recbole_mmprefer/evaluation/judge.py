@@ -8,11 +8,13 @@ another scale (``8/10``) or no number is unparsed. An unparsed answer is asked
 again once with a stricter instruction; still unparsed, the pair has no score
 (NaN, counted as ``missing`` in the notes), never 0.
 
-Backends: the local causal LM of ``llm_path`` (default the bundled
+Backends (:mod:`recbole_mmprefer.llm_backends`, shared with the LLM
+profiles): the local causal LM of ``llm_path`` (default the bundled
 SmolLM2-135M-Instruct, greedy decoding) or, when ``eval_judge_api_base`` is
 set, an OpenAI-compatible endpoint (``eval_judge_api_model``, key from the
-environment variable ``eval_judge_api_key_env``, temperature 0). Replies are
-cached in a JSON-lines file keyed by (model, prompt hash), by default
+environment variable ``eval_judge_api_key_env``, temperature 0). Replies go
+through a :class:`~recbole_mmprefer.llm_backends.ReplyBatcher`, cached in a
+JSON-lines file keyed by (model, prompt hash), by default
 ``<run_dir>/judge_cache.jsonl``, so scoring again generates nothing twice and
 a fully cached run does not even load the model.
 """
@@ -22,13 +24,20 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
-from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.evaluation.metrics import MetricResult, check_pairs
-from recbole_mmprefer.llm import ApiLM, LocalLM, ReplyCache, model_name, setting
+from recbole_mmprefer.llm_backends import (
+    ApiLM,
+    Backend,
+    BackendSettings,
+    LocalLM,
+    ReplyBatcher,
+    ReplyCache,
+    ReplyStats,
+    make_backend,
+)
 
 JUDGE_PROMPT = (
     "You are judging an explanation written by a recommender system. It says why a user would enjoy an item.\n\n"
@@ -88,64 +97,11 @@ def parse_score(reply: Optional[str]) -> Optional[float]:
     return _score(str(numbers.pop())) if len(numbers) == 1 else None
 
 
-# --------------------------------------------------------------------------- backends
+# --------------------------------------------------------------------------- scoring
 
 def judge_model_name(config=None) -> str:
     """The judge's model: the endpoint's model name, else the local LM's short name."""
-    if setting(config, "eval_judge_api_base"):
-        name = setting(config, "eval_judge_api_model")
-        if not name:
-            raise InputError("eval_judge_api_base is set but eval_judge_api_model is not: name the model to call")
-        return str(name)
-    return model_name(setting(config, "llm_path"))
-
-
-def make_judge_backend(config=None) -> Union[ApiLM, LocalLM]:
-    """An :class:`ApiLM` when ``eval_judge_api_base`` is set, else the local :class:`LocalLM` of ``llm_path``."""
-    max_new_tokens = int(setting(config, "eval_judge_max_new_tokens"))
-    if setting(config, "eval_judge_api_base"):
-        return ApiLM(setting(config, "eval_judge_api_base"), judge_model_name(config), max_new_tokens,
-                     key_env=setting(config, "eval_judge_api_key_env"),
-                     timeout=setting(config, "eval_judge_api_timeout"),
-                     retries=setting(config, "eval_judge_api_retries"),
-                     retry_wait=setting(config, "eval_judge_api_retry_wait"))
-    return LocalLM.from_config(config, max_new_tokens)
-
-
-# --------------------------------------------------------------------------- scoring
-
-@dataclass
-class JudgeStats:
-    generated: int = 0
-    cached: int = 0
-    retried: int = 0
-    missing: int = 0
-
-
-class _Replies:
-    """Replies to prompts: from the cache, else generated in batches by a backend made on first need."""
-
-    def __init__(self, make: Callable[[], object], cache: ReplyCache, batch_size: int, max_new_tokens: int,
-                 stats: JudgeStats):
-        self.make, self.cache, self.batch_size = make, cache, max(int(batch_size), 1)
-        self.max_new_tokens, self.stats, self.backend = int(max_new_tokens), stats, None
-
-    def __call__(self, prompts: Sequence[str]) -> List[str]:
-        replies = [self.cache.get(prompt) for prompt in prompts]
-        todo = [index for index, reply in enumerate(replies) if reply is None]
-        self.stats.cached += len(prompts) - len(todo)
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            for index, reply in zip(batch, self._generate([prompts[index] for index in batch])):
-                replies[index] = reply
-                self.cache.put(prompts[index], reply)
-        self.stats.generated += len(todo)
-        return replies
-
-    def _generate(self, prompts: List[str]) -> List[str]:
-        if self.backend is None:
-            self.backend = self.make()
-        return list(self.backend.generate(prompts, max_new_tokens=self.max_new_tokens))
+    return BackendSettings.for_judge(config).model_name()
 
 
 def _cache_file(run_dir, cache_path) -> Optional[Path]:
@@ -156,38 +112,37 @@ def _cache_file(run_dir, cache_path) -> Optional[Path]:
 
 def judge_scores(candidates: Sequence[str], references: Sequence[str], config=None,
                  run_dir: Optional[Union[str, Path]] = None, cache_path: Optional[Union[str, Path]] = None,
-                 backend=None) -> MetricResult:
+                 backend: Optional[Backend] = None) -> MetricResult:
     """``llm_judge``: the judge's 0-100 score per pair (NaN where no answer parsed, even after one retry).
 
     ``backend`` is any object with ``name`` and ``generate(prompts, max_new_tokens=...)``
-    (default: :func:`make_judge_backend`, made only when a reply is not cached).
-    Replies are cached in ``cache_path``, else ``<run_dir>/judge_cache.jsonl``,
+    (default: :func:`~recbole_mmprefer.llm_backends.make_backend` of the judge's settings, made only when a
+    reply is not cached). Replies are cached in ``cache_path``, else ``<run_dir>/judge_cache.jsonl``,
     else only in memory.
     """
     check_pairs(candidates, references)
-    max_new_tokens = int(setting(config, "eval_judge_max_new_tokens"))
-    name = backend.name if backend is not None else judge_model_name(config)
+    settings = BackendSettings.for_judge(config)
+    name = backend.name if backend is not None else settings.model_name()
     cache_file = _cache_file(run_dir, cache_path)
-    stats = JudgeStats()
-    replies = _Replies(lambda: backend if backend is not None else make_judge_backend(config),
-                       ReplyCache(cache_file, name, max_new_tokens), int(setting(config, "eval_llm_batch_size")),
-                       max_new_tokens, stats)
+    replies = ReplyBatcher(ReplyCache(cache_file, name, settings.max_new_tokens),
+                           lambda: backend if backend is not None else make_backend(settings), settings.llm_batch_size)
     scores = [parse_score(reply) for reply in replies([judge_prompt(*pair) for pair in zip(candidates, references)])]
     unparsed = [index for index, score in enumerate(scores) if score is None]
     again = replies([strict_prompt(candidates[index], references[index]) for index in unparsed])
     for index, reply in zip(unparsed, again):
         scores[index] = parse_score(reply)
-    stats.retried, stats.missing = len(unparsed), sum(1 for score in scores if score is None)
-    notes = _notes(config, name, backend, cache_file, stats)
+    missing = sum(1 for score in scores if score is None)
+    notes = _notes(settings, name, backend, cache_file, replies.stats, retried=len(unparsed), missing=missing)
     return MetricResult.from_samples("llm_judge", [math.nan if score is None else score for score in scores], notes)
 
 
-def _notes(config, name: str, backend, cache_file: Optional[Path], stats: JudgeStats) -> Dict[str, object]:
+def _notes(settings: BackendSettings, name: str, backend: Optional[Backend], cache_file: Optional[Path],
+           stats: ReplyStats, retried: int, missing: int) -> Dict[str, object]:
     if backend is not None:
         kind = "api" if isinstance(backend, ApiLM) else "local" if isinstance(backend, LocalLM) else "custom"
     else:
-        kind = "api" if setting(config, "eval_judge_api_base") else "local"
-    return {"judge": name, "backend": kind, "scale": "0-100", "missing": stats.missing, "retried": stats.retried,
+        kind = settings.kind
+    return {"judge": name, "backend": kind, "scale": "0-100", "missing": missing, "retried": retried,
             "generated": stats.generated, "cached": stats.cached, "cache": str(cache_file) if cache_file else None,
             "prompt_sha256": hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()[:12],
-            "max_new_tokens": int(setting(config, "eval_judge_max_new_tokens"))}
+            "max_new_tokens": settings.max_new_tokens}

@@ -34,7 +34,9 @@ import numpy as np
 
 from recbole_mmprefer.errors import MissingInputError
 from recbole_mmprefer.evaluation.metrics import MetricResult, check_pairs
-from recbole_mmprefer.llm import LocalLM, load_causal_lm, model_name, setting
+from recbole_mmprefer.llm import load_causal_lm, model_name
+from recbole_mmprefer.llm_backends import LocalLM
+from recbole_mmprefer.resources import stage_setting
 
 CAUSAL_SEPARATOR = "\n"
 UNIT = "mean log-likelihood per target token (nats, <= 0; higher is better)"
@@ -89,15 +91,17 @@ class LikelihoodScorer:
     @classmethod
     def from_config(cls, config=None, lm: Optional[LocalLM] = None) -> "LikelihoodScorer":
         """The seq2seq model of ``eval_bartscore_model`` when set, else ``lm`` or the causal LM of ``llm_path``."""
-        max_length, batch_size = int(setting(config, "eval_max_length")), int(setting(config, "eval_llm_batch_size"))
-        path = setting(config, "eval_bartscore_model")
+        max_length = int(stage_setting(config, "eval_max_length"))
+        batch_size = int(stage_setting(config, "eval_llm_batch_size"))
+        path = stage_setting(config, "eval_bartscore_model")
         if path:
             model, tokenizer = load_seq2seq(str(path))
             return cls(model, tokenizer, model_name(path), True, max_length, batch_size)
         if lm is not None:
             return cls(lm.model, lm.tokenizer, lm.name, False, max_length, batch_size)
-        llm_path = setting(config, "llm_path")
-        model, tokenizer = load_causal_lm(llm_path, setting(config, "llm_dtype"), setting(config, "llm_cache_dir"))
+        llm_path = stage_setting(config, "llm_path")
+        model, tokenizer = load_causal_lm(llm_path, stage_setting(config, "llm_dtype"),
+                                          stage_setting(config, "llm_cache_dir"))
         return cls(model, tokenizer, model_name(llm_path), False, max_length, batch_size)
 
     # ------------------------------------------------------------------ encoding
@@ -226,13 +230,13 @@ def likelihood_scores(candidates: Sequence[str], references: Sequence[str], conf
 
 def bleurt_scores(candidates: Sequence[str], references: Sequence[str], config=None) -> Optional[MetricResult]:
     """BLEURT per pair with the checkpoint of ``eval_bleurt_model``; None (absent) when none is configured."""
-    path = setting(config, "eval_bleurt_model")
+    path = stage_setting(config, "eval_bleurt_model")
     if not path:
         return None
     check_pairs(candidates, references)
     model, tokenizer = load_regressor(str(path))
-    max_length = position_limit(model, int(setting(config, "eval_max_length")))
-    batch_size = int(setting(config, "eval_llm_batch_size"))
+    max_length = position_limit(model, int(stage_setting(config, "eval_max_length")))
+    batch_size = int(stage_setting(config, "eval_llm_batch_size"))
     scores, truncated = [], 0
     for start in range(0, len(candidates), max(batch_size, 1)):
         batch_scores, batch_cut = _bleurt_batch(model, tokenizer, references[start:start + batch_size],

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 from recbole_mmprefer.evaluation.judge import judge_model_name, judge_scores
 from recbole_mmprefer.evaluation.likelihood import LikelihoodScorer, bleurt_scores, likelihood_scores
 from recbole_mmprefer.evaluation.metrics import MetricResult
-from recbole_mmprefer.llm import setting
+from recbole_mmprefer.resources import stage_setting
 
 Scorer = Callable[[Sequence[str], Sequence[str]], Dict[str, MetricResult]]
 
@@ -27,14 +27,14 @@ def build_model_scorers(config, wanted: Sequence[str], cache_dir: Path) -> Tuple
         scorer = LikelihoodScorer.from_config(config, None)
         scorers.append(lambda candidates, references: likelihood_scores(candidates, references, config,
                                                                          scorer=scorer))
-        used["likelihood model"] = (f"seq2seq {setting(config, 'eval_bartscore_model')} (BARTScore)"
-                                    if setting(config, "eval_bartscore_model")
-                                    else f"causal LM {setting(config, 'llm_path') or 'bundled SmolLM2-135M-Instruct'}"
+        seq2seq, llm_path = stage_setting(config, "eval_bartscore_model"), stage_setting(config, "llm_path")
+        used["likelihood model"] = (f"seq2seq {seq2seq} (BARTScore)" if seq2seq
+                                    else f"causal LM {llm_path or 'bundled SmolLM2-135M-Instruct'}"
                                     " (LM likelihood, not BARTScore)")
     if "bleurt" in wanted:
-        if setting(config, "eval_bleurt_model"):
+        if stage_setting(config, "eval_bleurt_model"):
             scorers.append(lambda candidates, references: {"bleurt": bleurt_scores(candidates, references, config)})
-            used["BLEURT checkpoint"] = setting(config, "eval_bleurt_model")
+            used["BLEURT checkpoint"] = stage_setting(config, "eval_bleurt_model")
         else:
             absent.append("BLEURT")
     if "judge" in wanted:

@@ -1,4 +1,4 @@
-"""Settings of the retrieval paths (paper section 3.3, Algorithm 1): the ``path_*`` keys of properties/retrieval.yaml."""
+"""Settings of the retrieval paths (paper section 3.3, Algorithm 1): the ``path_*`` keys of retrieval.yaml."""
 
 from __future__ import annotations
 
