@@ -129,6 +129,8 @@ def write_pipeline_report(config, generations: Path, evaluation: Optional[Path],
     """report.md and report.html: the first ``pairs`` pairs with their paths, drawings and texts."""
     from recbole_mmprefer.data.generations import read_generations
     from recbole_mmprefer.data.node_text import NodeText
+    from recbole_mmprefer.evaluation.grounding import grounding_scores, pair_inputs
+    from recbole_mmprefer.explainer.pair_data import load_optional_table, select_rows
     from recbole_mmprefer.retrieval.collect import read_run_paths
     from recbole_mmprefer.retrieval.inputs import load_graph
     from recbole_mmprefer.retrieval.paths import PathResult
@@ -136,19 +138,25 @@ def write_pipeline_report(config, generations: Path, evaluation: Optional[Path],
 
     graph, text = load_graph(config), NodeText.from_config(config)
     records = {(r["user_id"], r["item_id"]): r for r in read_run_paths(config)}
-    explained = read_generations(generations).head(pairs)
+    explained = read_generations(generations)
+    rows = select_rows(load_optional_table(config), [], None, list(zip(explained["user_id"], explained["item_id"])))
+    grounding = grounding_scores(list(explained["explanation"]), pair_inputs(rows, list(records.values()), text))
     references = _references(config)
     sections: List[Dict[str, str]] = []
-    for user, item, explanation in explained.itertuples(index=False, name=None):
+    for row, (user, item, explanation) in enumerate(explained.head(pairs).itertuples(index=False, name=None)):
         result = PathResult.from_record(records[(user, item)])
         sections.append({"pair": f"user {user}, item {item}", "paths": describe(result, text),
                          "svg": svg(graph, result, text, size=420), "explanation": explanation,
+                         "grounding": f"{grounding.per_sample[row]:.2f}",
                          "reference": references.get((user, item), "")})
+    summary = (f"Grounding (the share of an explanation's content words found in its pair's inputs: title, profiles, "
+               f"path nodes): mean {grounding.mean:.3f}, std {grounding.std:.3f} over {len(explained)} explanations.")
     out_dir = ARTIFACTS["report"].dir(config)
     input_hash = json_sha256({"generations": file_sha256(generations), "sections": sections})
     with ARTIFACTS["report"].writing(config, input_hash, {"generations": str(generations)}) as staging:
-        (staging / "report.md").write_text(_markdown(config, sections, generations, evaluation), encoding="utf-8")
-        (staging / "report.html").write_text(_html(config, sections, evaluation), encoding="utf-8")
+        (staging / "report.md").write_text(_markdown(config, sections, generations, evaluation, summary),
+                                           encoding="utf-8")
+        (staging / "report.html").write_text(_html(config, sections, evaluation, summary), encoding="utf-8")
     logger.info("Pipeline report: %s", out_dir / "report.html")
     return out_dir
 
@@ -160,30 +168,32 @@ def _references(config) -> Dict[Tuple[str, str], str]:
     return dict(zip(zip(table["user_id"], table["item_id"]), table["explanation"]))
 
 
-def _markdown(config, sections: List[Dict[str, str]], generations: Path, evaluation: Optional[Path]) -> str:
-    lines = [f"# MMP-Refer on {config['dataset']}", "", f"Generations: `{generations}`", ""]
+def _markdown(config, sections: List[Dict[str, str]], generations: Path, evaluation: Optional[Path],
+              summary: str) -> str:
+    lines = [f"# MMP-Refer on {config['dataset']}", "", f"Generations: `{generations}`", "", summary, ""]
     if evaluation is not None:
         lines += [(evaluation / "table.md").read_text(encoding="utf-8"), ""]
     else:
         lines += ["No reference explanations in this data set: the explanations are not scored.", ""]
     for section in sections:
         lines += [f"## {section['pair']}", "", "```", section["paths"], "```", "",
-                  f"**Explanation:** {section['explanation']}", ""]
+                  f"**Explanation:** {section['explanation']}", "", f"**Grounding:** {section['grounding']}", ""]
         if section["reference"]:
             lines += [f"**Reference:** {section['reference']}", ""]
     return "\n".join(lines)
 
 
-def _html(config, sections: List[Dict[str, str]], evaluation: Optional[Path]) -> str:
+def _html(config, sections: List[Dict[str, str]], evaluation: Optional[Path], summary: str) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>MMP-Refer on "
              f"{html.escape(config['dataset'])}</title></head><body><h1>MMP-Refer on "
-             f"{html.escape(config['dataset'])}</h1>"]
+             f"{html.escape(config['dataset'])}</h1><p>{html.escape(summary)}</p>"]
     if evaluation is not None:
         parts.append(f"<pre>{html.escape((evaluation / 'table.md').read_text(encoding='utf-8'))}</pre>")
     for section in sections:
         parts.append(f"<h2>{html.escape(section['pair'])}</h2>{section['svg']}"
                      f"<pre>{html.escape(section['paths'])}</pre>"
-                     f"<p><b>Explanation:</b> {html.escape(section['explanation'])}</p>")
+                     f"<p><b>Explanation:</b> {html.escape(section['explanation'])}</p>"
+                     f"<p><b>Grounding:</b> {section['grounding']}</p>")
         if section["reference"]:
             parts.append(f"<p><b>Reference:</b> {html.escape(section['reference'])}</p>")
     parts.append("</body></html>")

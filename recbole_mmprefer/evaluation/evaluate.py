@@ -19,15 +19,19 @@ import pandas as pd
 from recbole_mmprefer.artifacts import ARTIFACTS, cache_file, explanation_table_file
 from recbole_mmprefer.data.explanations import read_explanation_table
 from recbole_mmprefer.data.generations import read_generations
+from recbole_mmprefer.data.node_text import NodeText
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.evaluation.baselines import item_template_explanations, nearest_neighbour_explanations
+from recbole_mmprefer.evaluation.grounding import grounding_scores, pair_inputs
 from recbole_mmprefer.evaluation.metrics import TEXT_METRICS, BERTScoreEvaluator, TextMetricSettings, text_metrics
 from recbole_mmprefer.evaluation.report import write_report
 from recbole_mmprefer.evaluation.systems import align, published_baselines, reference_rows
+from recbole_mmprefer.explainer.pair_data import load_path_records
 
 logger = logging.getLogger(__name__)
 
 MODEL_METRICS = ("likelihood", "bleurt", "judge")
+INPUT_METRICS = ("grounding",)  # scored against the pair's inputs, not the reference
 
 
 def evaluation_dir(config, name: str) -> Path:
@@ -61,15 +65,18 @@ def collect_systems(config, table: pd.DataFrame, rows: pd.DataFrame, generation_
 
 def requested_metrics(config) -> List[str]:
     metrics = list(TextMetricSettings.from_config(config).metrics)
-    unknown = [name for name in metrics if name not in TEXT_METRICS and name not in MODEL_METRICS]
+    known = [*TEXT_METRICS, *INPUT_METRICS, *MODEL_METRICS]
+    unknown = [name for name in metrics if name not in known]
     if unknown:
-        raise InputError(f"unknown eval_metrics {unknown}; known: {list(TEXT_METRICS) + list(MODEL_METRICS)}")
+        raise InputError(f"unknown eval_metrics {unknown}; known: {known}")
     return metrics
 
 
 def score_systems(config, candidates: Dict[str, List[str]], references: List[str], metrics: List[str],
-                  cache_dir: Path) -> Tuple[Dict[str, dict], List[str], Dict[str, object]]:
-    """Per system the MetricResults; the metrics reported absent; what was used (encoders, models)."""
+                  cache_dir: Path, inputs: Optional[List[List[str]]] = None
+                  ) -> Tuple[Dict[str, dict], List[str], Dict[str, object]]:
+    """Per system the MetricResults; the metrics reported absent; what was used (encoders, models).
+    ``inputs``: per row, the texts its explainer was shown (for ``grounding``)."""
     settings = TextMetricSettings.from_config(config)
     settings.metrics = tuple(name for name in metrics if name in TEXT_METRICS)
     bertscore = BERTScoreEvaluator.from_settings(settings) if "bertscore" in metrics else None
@@ -78,6 +85,8 @@ def score_systems(config, candidates: Dict[str, List[str]], references: List[str
     for system, texts in candidates.items():
         logger.info("Scoring %s on %d rows", system, len(references))
         results[system] = text_metrics(texts, references, settings, bertscore=bertscore)
+        if "grounding" in metrics:
+            results[system]["grounding"] = grounding_scores(texts, inputs)
         for scorer in scorers:
             results[system].update(scorer(texts, references))
     if bertscore is not None:
@@ -115,7 +124,10 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
     out_dir = evaluation_dir(config, report_name)
     cache_dir = cache_file(config, "judge").parent
     cache_dir.mkdir(parents=True, exist_ok=True)
-    results, absent, used = score_systems(config, candidates, rows["explanation"].tolist(), metrics, cache_dir)
+    inputs = pair_inputs(rows, load_path_records(config), NodeText.from_config(config)) \
+        if "grounding" in metrics else None
+    results, absent, used = score_systems(config, candidates, rows["explanation"].tolist(), metrics, cache_dir,
+                                          inputs)
     context = {"dataset": config["dataset"], "split": split or "all", "rows": len(rows), **subset, "systems": sources,
                "pairs left out (other splits)": {k: v for k, v in left_out.items() if v},
                "metrics": metrics, **used}
