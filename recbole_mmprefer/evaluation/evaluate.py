@@ -34,10 +34,6 @@ MODEL_METRICS = ("likelihood", "bleurt", "judge")
 INPUT_METRICS = ("grounding",)  # scored against the pair's inputs, not the reference
 
 
-def evaluation_dir(config, name: str) -> Path:
-    return ARTIFACTS["evaluation"].dir(config, name=name)
-
-
 def collect_systems(config, table: pd.DataFrame, rows: pd.DataFrame, generation_files: Dict[str, Path],
                     published: bool, baselines: bool) -> Tuple[Dict[str, pd.DataFrame], Dict[str, str]]:
     """The systems to score (name -> generation frame) and where each came from.
@@ -121,7 +117,7 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
     systems, sources = collect_systems(config, table, rows, dict(generation_files or {}), published, baselines)
     candidates, left_out = align(rows, systems, table)
     report_name = name or (split or "all")
-    out_dir = evaluation_dir(config, report_name)
+    out_dir = ARTIFACTS["evaluation"].dir(config, name=report_name)
     cache_dir = cache_file(config, "judge").parent
     cache_dir.mkdir(parents=True, exist_ok=True)
     inputs = pair_inputs(rows, load_path_records(config), NodeText.from_config(config)) \

@@ -22,7 +22,8 @@ from recbole_mmprefer.utils import write_json
 EXPLAINABILITY: List[Tuple[str, str]] = [
     ("llm_judge", "GPTScore"), ("bertscore_precision", "BERT P"), ("bertscore_recall", "BERT R"),
     ("bertscore_f1", "BERT F1"), ("bartscore_f", "BARTScore"), ("lm_likelihood_f", "LM likelihood"),
-    ("bleurt", "BLEURT"), ("usr", "USR"), ("grounding", "Grounding"), ("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"),
+    ("bleurt", "BLEURT"), ("usr", "USR"), ("grounding", "Grounding"), ("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"),
+    ("rouge_l", "ROUGE-L"),
 ]
 STABILITY_KEYS = ["llm_judge", "bertscore_precision", "bertscore_recall", "bertscore_f1", "bartscore_f",
                   "lm_likelihood_f", "bleurt"]

@@ -76,10 +76,6 @@ logger = logging.getLogger(__name__)
 Pair = Tuple[str, str]
 
 
-def generations_dir(config) -> Path:
-    return ARTIFACTS["generations"].dir(config)
-
-
 @dataclass
 class GenerationPlan:
     """What one generation run explains, with which model settings, into which file."""

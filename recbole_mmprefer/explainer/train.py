@@ -61,10 +61,6 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMNS = ["user_id", "item_id", "title", "user_profile", "item_profile", "explanation"]
 
 
-def explainer_dir(config) -> Path:
-    return ARTIFACTS["explainer"].dir(config)
-
-
 # -- inputs --------------------------------------------------------------------------------------------
 
 
@@ -316,7 +312,7 @@ def train_explainer(config, out_dir: Optional[Path] = None, *, table: Optional[p
     config's run; ``step_callback(epoch, step, loss)`` is called after every
     training step (progress hooks, tests).
     """
-    out_dir = Path(out_dir) if out_dir is not None else explainer_dir(config)
+    out_dir = Path(out_dir) if out_dir is not None else ARTIFACTS["explainer"].dir(config)
     settings, training = ExplainerConfig.from_config(config), TrainingSettings.from_config(config)
     inputs = training_inputs(config, settings, training, table, records, node_text, builder)
     resume_hash, input_hash = inputs.fingerprint(settings, training)

@@ -41,10 +41,6 @@ RUN_KEYS = {"device", "gpu_id", "use_gpu", "show_progress", "state", "log_wandb"
             "save_dataset", "save_dataloaders", "dataset_save_path", "dataloaders_save_path"}
 
 
-def recommender_dir(config) -> Path:
-    return ARTIFACTS["recommender"].dir(config)
-
-
 def _later_stage_keys() -> Set[str]:
     keys: Set[str] = set()
     for name in LATER_STAGE_FILES:
@@ -97,7 +93,7 @@ def export_embeddings(config, model, dataset, eval_data, model_file: str) -> Pat
     user_tokens = dataset.field2id_token[user_field][user_ids].tolist()
     item_tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]][1:].tolist()
 
-    out_dir = recommender_dir(config)
+    out_dir = ARTIFACTS["recommender"].dir(config)
     meta = {"model": config["model"], "model_file": str(model_file), "users": len(user_tokens),
             "items": len(item_tokens), "dim": int(item_vectors.shape[1])}
     with ARTIFACTS["recommender"].writing(config, recommender_input_hash(config), meta) as staging:

@@ -295,10 +295,6 @@ def code_report(model: JointRQVAE, features: Mapping[str, np.ndarray],
     return report
 
 
-def quantizer_dir(config) -> Path:
-    return ARTIFACTS["quantizer"].dir(config)
-
-
 def _load_features(config, modality: str) -> Tuple[np.ndarray, List[str], dict]:
     folder = ARTIFACTS["features"].require(config, modality=modality)
     return np.load(folder / "features.npy"), read_lines(folder / "items.txt"), read_json(folder / "meta.json")
@@ -316,7 +312,7 @@ def build_semantic_ids(config, force: bool = False) -> Path:
                              f"`mmprefer features --dataset {config['dataset']}`")
     input_hash = json_sha256({"settings": settings.__dict__, "recbole_mmprefer": __version__,
                               "features": {m: v[2]["input_hash"] for m, v in loaded.items()}})
-    out_dir = quantizer_dir(config)
+    out_dir = ARTIFACTS["quantizer"].dir(config)
     if not force and ARTIFACTS["quantizer"].is_fresh(config, input_hash):
         logger.info("Semantic IDs are up to date in %s", out_dir)
         return out_dir

@@ -44,10 +44,6 @@ logger = logging.getLogger(__name__)
 ERROR = "error"
 
 
-def paths_dir(config) -> Path:
-    return ARTIFACTS["paths"].dir(config)
-
-
 def read_paths(out_dir: Path) -> List[dict]:
     """The records of ``paths.jsonl`` in pair order (:meth:`PathResult.from_record` turns one into a result)."""
     path = Path(out_dir) / ARTIFACTS["paths"].files[0]

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec
 from torch import nn
 
-from recbole_mmprefer.data.features import features_dir, load_features
+from recbole_mmprefer.artifacts import ARTIFACTS
+from recbole_mmprefer.data.features import load_features
 from recbole_mmprefer.errors import InputError
-from recbole_mmprefer.model.quantizer import load_semantic_ids, quantizer_dir
+from recbole_mmprefer.model.quantizer import load_semantic_ids
 
 
 class MultimodalItemEmbedding(nn.Module):
@@ -108,12 +109,14 @@ class MMPSASRec(SASRec):
 
     def _build_item_embedding(self, config, item_tokens) -> MultimodalItemEmbedding:
         command = f"mmprefer features --dataset {config['dataset']}"
-        features = {m: torch.as_tensor(load_features(features_dir(config, m), item_tokens, command))
+        folders = {m: ARTIFACTS["features"].dir(config, modality=m) for m in config["modalities"]}
+        features = {m: torch.as_tensor(load_features(folders[m], item_tokens, command))
                     for m in config["modalities"]}
         semantic_ids = codebooks = None
         if config["use_semantic_ids"]:
             command = f"mmprefer quantize --dataset {config['dataset']}"
-            loaded = {m: load_semantic_ids(quantizer_dir(config), m, item_tokens, command) for m in features}
+            folder = ARTIFACTS["quantizer"].dir(config)
+            loaded = {m: load_semantic_ids(folder, m, item_tokens, command) for m in features}
             semantic_ids = {m: torch.as_tensor(ids) for m, (ids, _) in loaded.items()}
             codebooks = {m: torch.as_tensor(books) for m, (_, books) in loaded.items()}
         return MultimodalItemEmbedding(features, semantic_ids, codebooks, config["feature_mlp_hidden"],
