@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, write_tiny_dataset
+from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.config import Config
 from recbole_mmprefer.data import features as features_module
-from recbole_mmprefer.data.features import TextEncoder, build_features, features_dir, load_features
+from recbole_mmprefer.data.features import TextEncoder, build_features, load_features
 from recbole_mmprefer.errors import InputError, MissingInputError
 
 
@@ -61,9 +62,9 @@ def test_repeated_texts_are_encoded_once_with_the_same_vectors(tiny_encoder, mon
 def test_changed_fields_invalidate_the_cache(data_root, tiny_encoder):
     build_features(make_config(data_root, text_encoder=str(tiny_encoder)), "text")
     config = make_config(data_root, text_encoder=str(tiny_encoder), text_fields=["title"])
-    meta_before = json.loads((features_dir(config, "text") / "meta.json").read_text())
+    meta_before = json.loads((ARTIFACTS["features"].dir(config, modality="text") / "meta.json").read_text())
     build_features(config, "text")
-    meta_after = json.loads((features_dir(config, "text") / "meta.json").read_text())
+    meta_after = json.loads((ARTIFACTS["features"].dir(config, modality="text") / "meta.json").read_text())
     assert meta_before["input_hash"] != meta_after["input_hash"]
     assert meta_after["inputs"]["fields"] == ["title"]
 
@@ -81,7 +82,7 @@ def test_missing_text_field_is_named_and_nothing_is_written(data_root, tiny_enco
     config = make_config(data_root, text_encoder=str(tiny_encoder), text_fields=["title", "plot"])
     with pytest.raises(InputError, match=r"tiny\.item.*'plot'.*title"):
         build_features(config, "text")
-    assert not features_dir(config, "text").parent.exists()
+    assert not ARTIFACTS["features"].dir(config, modality="text").parent.exists()
 
 
 def test_failure_while_writing_keeps_previous_outputs(data_root, tiny_encoder, monkeypatch):
@@ -138,7 +139,7 @@ def test_precomputed_features_with_wrong_row_count_are_refused(data_root, tmp_pa
     config = make_config(data_root, image_features=str(tmp_path / "img.npy"))
     with pytest.raises(InputError, match=r"img\.npy has 39 rows but the \.item file order lists 40 items"):
         build_features(config, "image")
-    assert not features_dir(config, "image").exists()
+    assert not ARTIFACTS["features"].dir(config, modality="image").exists()
 
 
 def write_tiny_clip(folder):
