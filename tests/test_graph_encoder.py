@@ -214,3 +214,19 @@ def test_config_defaults_and_ablation():
         graph_settings({"explainer_gnn": "gin"})
     with pytest.raises(InputError, match="explainer_pool"):
         graph_settings({"explainer_pool": "max"})
+
+
+def test_a_neutral_start_gives_the_neutral_token_for_every_pair_and_still_learns(graph, vectors):
+    module = GraphSoftPrompt.from_config({"explainer_paths": 2, "explainer_soft_tokens": 2, "explainer_gnn_hidden": 8,
+                                          "explainer_soft_prompt_start": "neutral"}, DIM, 16)
+    neutral = torch.linspace(-1, 1, 16)
+    module.start_at(neutral)
+    make = builder(graph, vectors, neighbours=2)
+    soft = module([[make.path(PATH), make.path(OTHER_PATH)], [make.path([3, 7, 1])], []])
+    assert torch.equal(soft, neutral.expand(3, 2, 16))  # no noise from the untrained GNN and adapter
+    (soft * torch.randn_like(soft)).sum().backward()
+    assert all(expert.weight.grad.abs().sum() > 0 for expert in module.adapter.experts)
+    assert module.neutral.grad.abs().sum() > 0 and "neutral" in module.state_dict()
+    random_start = GraphSoftPrompt.from_config({"explainer_paths": 2, "explainer_gnn_hidden": 8}, DIM, 16)
+    assert random_start.neutral is None
+    assert not torch.allclose(*random_start([[make.path(PATH)], [make.path([3, 7, 1])]]))

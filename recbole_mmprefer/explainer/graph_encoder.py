@@ -119,14 +119,21 @@ def concat_paths(path_vectors: Tensor, counts: Sequence[int], k: int, no_path: T
 
 
 class MoEAdapter(nn.Module):
-    """A dense mixture of ``experts`` linear maps to [soft_tokens, llm_hidden], mixed by a softmax gate."""
+    """A dense mixture of ``experts`` linear maps to [soft_tokens, llm_hidden], mixed by a softmax gate.
 
-    def __init__(self, in_dim: int, llm_hidden: int, soft_tokens: int, experts: int = 4, dropout: float = 0.1):
+    ``zero_start``: the experts start at zero (the output is 0 until they learn; their gradients are not)."""
+
+    def __init__(self, in_dim: int, llm_hidden: int, soft_tokens: int, experts: int = 4, dropout: float = 0.1,
+                 zero_start: bool = False):
         super().__init__()
         self.soft_tokens, self.llm_hidden = soft_tokens, llm_hidden
         self.dropout = nn.Dropout(dropout)
         self.gate = nn.Linear(in_dim, experts)
         self.experts = nn.ModuleList(nn.Linear(in_dim, soft_tokens * llm_hidden) for _ in range(experts))
+        if zero_start:
+            for expert in self.experts:
+                nn.init.zeros_(expert.weight)
+                nn.init.zeros_(expert.bias)
 
     def gate_weights(self, inputs: Tensor) -> Tensor:
         """[batch, experts], each row summing to 1."""
@@ -159,20 +166,28 @@ def place_soft_prompts(inputs_embeds: Tensor, soft_embeddings: Tensor, soft_posi
 class GraphSoftPrompt(nn.Module):
     """Pairs' path subgraphs -> [batch, soft_tokens, llm_hidden] soft prompt embeddings.
 
-    Holds only the GNN, the "no path" vector and the adapter, so its
-    ``state_dict`` is small and saved apart from the LLM.
+    Holds only the GNN, the "no path" vector and the adapter (and, with ``start="neutral"``, the neutral
+    token the adapter's output is added to), so its ``state_dict`` is small and saved apart from the LLM.
     """
 
     def __init__(self, in_dim: int, llm_hidden: int, paths: int = 3, soft_tokens: int = 3, gnn: str = "gat",
                  layers: int = 2, hidden_dim: int = 64, heads: int = 2, pool: str = "path", experts: int = 4,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, start: str = "random"):
         super().__init__()
         if paths < 1 or soft_tokens < 1:
             raise InputError(f"a graph soft prompt needs paths >= 1 and soft_tokens >= 1, got {paths}, {soft_tokens}")
         self.paths = paths
         self.encoder = PathGraphEncoder(in_dim, hidden_dim, hidden_dim, gnn, layers, heads, pool)
         self.no_path = nn.Parameter(torch.zeros(hidden_dim))
-        self.adapter = MoEAdapter(paths * hidden_dim, llm_hidden, soft_tokens, experts, dropout)
+        self.adapter = MoEAdapter(paths * hidden_dim, llm_hidden, soft_tokens, experts, dropout,
+                                  zero_start=start == "neutral")
+        self.neutral = nn.Parameter(torch.zeros(soft_tokens, llm_hidden)) if start == "neutral" else None
+
+    def start_at(self, token_embedding: Tensor) -> None:
+        """Set the neutral token (``start="neutral"``), e.g. to the LLM's mean input embedding."""
+        if self.neutral is not None:
+            with torch.no_grad():
+                self.neutral.copy_(token_embedding.detach().to(self.neutral.dtype).expand_as(self.neutral))
 
     @classmethod
     def from_config(cls, config, in_dim: int, llm_hidden: int) -> "GraphSoftPrompt":
@@ -183,7 +198,7 @@ class GraphSoftPrompt(nn.Module):
         return cls(in_dim, llm_hidden, paths=settings.paths, soft_tokens=settings.soft_prompt_tokens,
                    gnn=settings.gnn, layers=settings.gnn_layers, hidden_dim=settings.gnn_hidden,
                    heads=settings.gnn_heads, pool=settings.pool, experts=settings.experts,
-                   dropout=settings.adapter_dropout)
+                   dropout=settings.adapter_dropout, start=settings.soft_prompt_start)
 
     def pair_vectors(self, pairs: Sequence[Sequence[Data]]) -> Tensor:
         """[batch, paths * hidden]: each pair's first ``paths`` path vectors, padded with the "no path" vector."""
@@ -196,7 +211,8 @@ class GraphSoftPrompt(nn.Module):
         return concat_paths(vectors, [len(graphs) for graphs in kept], self.paths, self.no_path)
 
     def forward(self, pairs: Sequence[Sequence[Data]]) -> Tensor:
-        return self.adapter(self.pair_vectors(pairs))
+        soft = self.adapter(self.pair_vectors(pairs))
+        return soft if self.neutral is None else soft + self.neutral
 
 
 def build_graph_soft_prompt(config, in_dim: int, llm_hidden: int) -> Optional[GraphSoftPrompt]:

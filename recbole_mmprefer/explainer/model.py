@@ -90,8 +90,9 @@ class ExplainerModel(nn.Module):
         if settings.soft_tokens > 0:
             if feature_dim is None:
                 raise InputError("the graph soft prompt needs the node feature width (feature_dim)")
-            soft_prompt = GraphSoftPrompt.from_settings(settings.graph, feature_dim,
-                                                        llm.get_input_embeddings().embedding_dim)
+            embeddings = llm.get_input_embeddings()
+            soft_prompt = GraphSoftPrompt.from_settings(settings.graph, feature_dim, embeddings.embedding_dim)
+            soft_prompt.start_at(embeddings.weight.float().mean(dim=0))
             soft_prompt.to(device=llm.device)
         return cls(llm, tokenizer, soft_prompt, settings.lora if settings.lora.enabled else None)
 

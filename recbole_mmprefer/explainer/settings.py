@@ -33,6 +33,7 @@ from recbole_mmprefer.settings import (
 MAX_PATHS = 5
 TEMPLATE_FIELDS = {"title", "item_profile", "user_profile", "paths", "graph"}
 GNN_TYPES = ("gat", "gcn", "transformer")
+SOFT_PROMPT_STARTS = ("random", "neutral")
 POOLS = ("path", "all")
 DECODINGS = ("greedy", "beam", "sample")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -68,6 +69,7 @@ class GraphPromptSettings(StageSettings):
     pool: str
     experts: int
     adapter_dropout: float
+    soft_prompt_start: str
     paths: int
     soft_tokens: Optional[int]
     seed: int
@@ -76,6 +78,8 @@ class GraphPromptSettings(StageSettings):
         self.graph_level = check_bool("explainer_graph_level", self.graph_level)
         self.gnn = check_choice("explainer_gnn", self.gnn, GNN_TYPES)
         self.pool = check_choice("explainer_pool", self.pool, POOLS)
+        self.soft_prompt_start = check_choice("explainer_soft_prompt_start", self.soft_prompt_start,
+                                              SOFT_PROMPT_STARTS)
         for name in ("gnn_layers", "gnn_hidden", "gnn_heads", "experts"):
             setattr(self, name, check_int(self.key(name), getattr(self, name), 1))
         self.neighbours = check_int("explainer_neighbours", self.neighbours, 0)
