@@ -397,3 +397,23 @@ def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_step_checkpoint(llama
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
     assert np.allclose([entry["train_loss"] for entry in meta["history"]],
                        [entry["train_loss"] for entry in read_json(full / "meta.json")["history"]])
+
+
+def test_length_buckets_batch_similar_lengths_and_cover_every_pair_once_per_epoch():
+    from recbole_mmprefer.explainer.train import EpochBatches
+
+    lengths = np.random.default_rng(0).integers(50, 500, size=400)
+
+    def padding(batches):
+        return sum(int(lengths[batch].max() * len(batch) - lengths[batch].sum()) for batch in batches)
+
+    bucketed, plain = EpochBatches(lengths, 8, seed=1, bucket_batches=10), EpochBatches(lengths, 8, seed=1)
+    for sampler in (bucketed, plain):
+        sampler.set_epoch(3)
+        batches = list(sampler)
+        assert sorted(i for batch in batches for i in batch) == list(range(400)) and len(batches) == len(sampler)
+        assert list(sampler) == batches  # seeded by (seed, epoch) alone
+    assert padding(list(bucketed)) < 0.25 * padding(list(plain))
+    first = list(bucketed)
+    bucketed.set_epoch(4)
+    assert list(bucketed) != first

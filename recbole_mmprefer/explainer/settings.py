@@ -194,6 +194,7 @@ class TrainingSettings(StageSettings):
     epochs: int
     batch_size: int
     grad_accumulation: int
+    bucket_batches: int
     checkpoint_steps: int
     max_train_pairs: Optional[int]
     max_valid_pairs: Optional[int]
@@ -206,6 +207,7 @@ class TrainingSettings(StageSettings):
         self.batch_size = check_int("explainer_batch_size", self.batch_size, 1)
         self.grad_accumulation = check_int("explainer_grad_accumulation", self.grad_accumulation, 1)
         self.checkpoint_steps = check_int("explainer_checkpoint_steps", self.checkpoint_steps, 0)
+        self.bucket_batches = check_int("explainer_bucket_batches", self.bucket_batches, 0)
         self.max_train_pairs = check_optional_int("explainer_max_train_pairs", self.max_train_pairs, 1)
         self.max_valid_pairs = check_optional_int("explainer_max_valid_pairs", self.max_valid_pairs, 0)
         self.bf16 = check_bool("explainer_bf16", self.bf16)

@@ -108,20 +108,41 @@ def training_inputs(config, settings: ExplainerConfig, training: TrainingSetting
 # -- the training loop ---------------------------------------------------------------------------------
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Indices 0..n-1 in an order seeded by (seed, epoch)."""
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of indices 0..n-1, in an order seeded by (seed, epoch) alone.
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, int(seed), 0
+    With ``bucket_batches`` > 0 the shuffled indices are cut into chunks of
+    that many batches, each chunk sorted by example length before it is cut
+    into batches, and the batches shuffled: pairs of similar length share a
+    batch, so little of it is padding (the way Hugging Face's
+    ``group_by_length`` does it). 0 batches the shuffled order as it is.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, bucket_batches: int = 0):
+        self.lengths, self.batch_size = np.asarray(lengths), int(batch_size)
+        self.seed, self.bucket, self.epoch = int(seed), int(bucket_batches), 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _batches(self) -> List[List[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        if self.bucket <= 0:
+            return [order[start:start + self.batch_size].tolist() for start in range(0, len(order), self.batch_size)]
+        chunk = self.bucket * self.batch_size
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            part = part[np.argsort(-self.lengths[part], kind="stable")]
+            batches += [part[at:at + self.batch_size].tolist() for at in range(0, len(part), self.batch_size)]
+        return [batches[n] for n in rng.permutation(len(batches))]
+
     def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist())
+        return iter(self._batches())
 
     def __len__(self) -> int:
-        return self.size
+        return -(-len(self.lengths) // self.batch_size)
 
 
 def _indices(batch):
@@ -194,9 +215,10 @@ class TrainingRun:
                                    list(inputs.valid_rows["explanation"]))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=training.learning_rate, weight_decay=training.weight_decay)
-        self.sampler = EpochSampler(len(self.train_data), settings.seed)
-        loader = torch.utils.data.DataLoader(list(range(len(self.train_data))), batch_size=training.batch_size,
-                                             sampler=self.sampler, collate_fn=_indices)
+        self.sampler = EpochBatches([len(example) for example in self.train_data.examples], training.batch_size,
+                                    settings.seed, training.bucket_batches)
+        loader = torch.utils.data.DataLoader(list(range(len(self.train_data))), batch_sampler=self.sampler,
+                                             collate_fn=_indices)
         self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.history: List[Dict[str, object]] = []
