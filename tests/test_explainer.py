@@ -94,6 +94,7 @@ def node_text():
 
 def config(llama, **overrides):
     keys = {"llm_path": str(llama), "seed": 0, "explainer_max_length": 200, "explainer_max_new_tokens": 6,
+            "explainer_bf16": False,  # exact comparisons below; bf16 is tested on its own
             "explainer_epochs": 2, "explainer_batch_size": 2, "explainer_learning_rate": 1e-2,
             "explainer_gnn_hidden": 8, "explainer_neighbours": 2, "explainer_experts": 2, "explainer_paths": 2,
             "explainer_generation_batch_size": 8, "explainer_min_new_tokens": 6,
@@ -352,7 +353,8 @@ def test_a_trained_explainer_reloads_from_its_saved_config_alone_in_a_fresh_proc
         np.save(run / "recommender" / f"{kind}_embeddings.npy", rng.normal(size=(len(tokens), DIM)).astype(np.float32))
         (run / "recommender" / f"{kind}_tokens.txt").write_text("".join(f"{token}\n" for token in tokens))
     (run / "recommender" / "meta.json").write_text("{}")
-    decoding = {"explainer_max_new_tokens": 6, "explainer_min_new_tokens": 6, "explainer_generation_batch_size": 8}
+    decoding = {"explainer_max_new_tokens": 6, "explainer_min_new_tokens": 6, "explainer_generation_batch_size": 8,
+                "explainer_bf16": False}
     cfg = config(llama, data_path=str(data / "toy"), dataset="toy", run_dir=str(run), explainer_epochs=1,
                  explainer_gnn="gcn", explainer_soft_tokens=3, explainer_lora_r=4, **decoding)
     model_dir = train_explainer(cfg, run / "explainer")

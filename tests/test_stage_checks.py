@@ -42,6 +42,7 @@ def test_retrieval_settings_name_the_key_and_the_valid_values(setup, key, value,
     (LoraSettings, "explainer_lora_r", 0, "explainer_lora_r must be an integer >= 1, got 0"),
     (TrainingSettings, "explainer_learning_rate", 0, "explainer_learning_rate must be a number > 0.0, got 0.0"),
     (TrainingSettings, "explainer_batch_size", "4", "explainer_batch_size must be an integer >= 1, got '4'"),
+    (TrainingSettings, "explainer_bf16", "maybe", "explainer_bf16 must be True, False or auto, got 'maybe'"),
     (DecodingSettings, "explainer_decoding", "nucleus", "explainer_decoding must be one of greedy, beam, sample; "
                                                         "got 'nucleus'"),
     (DecodingSettings, "explainer_top_p", 1.5, r"explainer_top_p must be a number > 0.0 and <= 1.0, got 1.5"),
@@ -56,6 +57,10 @@ def test_settings_take_the_shipped_defaults_and_give_their_keys_back():
     assert (retrieval.hops, retrieval.core, retrieval.k, retrieval.weight) == (3, 2, 3, "multimodal")
     assert RetrievalSettings.from_config(retrieval.to_config()) == retrieval
     assert LoraSettings.from_config({"explainer_lora_targets": "q_proj"}).targets == ["q_proj"]
+    from recbole_mmprefer.explainer.settings import bf16_supported
+
+    assert TrainingSettings.from_config(None).bf16 is bf16_supported()  # shipped default: auto
+    assert TrainingSettings.from_config({"explainer_bf16": False}).bf16 is False
 
 
 def test_ctrl_c_while_collecting_says_where_it_stopped_and_the_rerun_resumes(setup, monkeypatch):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from recbole_mmprefer.data.explanations import SPLITS
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.resources import stage_setting
@@ -38,6 +40,28 @@ POOLS = ("path", "all")
 DECODINGS = ("greedy", "beam", "sample")
 DTYPES = ("float32", "bfloat16", "float16")
 CONFIG_FILE = "explainer_config.json"
+
+
+def bf16_supported() -> bool:
+    """Whether bfloat16 runs fast here: a CUDA device with bf16, or a CPU with AVX512-BF16 or AMX-BF16."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_bf16(value) -> bool:
+    """``explainer_bf16``: True, False or "auto" (on where :func:`bf16_supported`)."""
+    if value == "auto":
+        return bf16_supported()
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"explainer_bf16 must be True, False or auto, got {value!r}")
+    return bool(value)
 
 
 def check_template(template: str) -> None:
@@ -210,7 +234,7 @@ class TrainingSettings(StageSettings):
         self.bucket_batches = check_int("explainer_bucket_batches", self.bucket_batches, 0)
         self.max_train_pairs = check_optional_int("explainer_max_train_pairs", self.max_train_pairs, 1)
         self.max_valid_pairs = check_optional_int("explainer_max_valid_pairs", self.max_valid_pairs, 0)
-        self.bf16 = check_bool("explainer_bf16", self.bf16)
+        self.bf16 = check_bf16(self.bf16)
 
     def results_keys(self) -> Dict[str, object]:
         """The keys that change what training computes (not how often it checkpoints, nor for how long)."""
@@ -253,7 +277,7 @@ class DecodingSettings(StageSettings):
                                               above_minimum=True)
         self.no_repeat_ngram_size = check_int("explainer_no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         self.generation_batch_size = check_int("explainer_generation_batch_size", self.generation_batch_size, 1)
-        self.bf16 = check_bool("explainer_bf16", self.bf16)
+        self.bf16 = check_bf16(self.bf16)
 
     def generate_options(self) -> Dict[str, object]:
         """The keyword arguments of :meth:`ExplainerModel.generate`."""
