@@ -419,3 +419,19 @@ def test_length_buckets_batch_similar_lengths_and_cover_every_pair_once_per_epoc
     first = list(bucketed)
     bucketed.set_epoch(4)
     assert list(bucketed) != first
+
+
+def test_an_adapter_is_refused_with_another_llm_or_other_node_vectors(llama, tmp_path):
+    cfg = config(llama, explainer_epochs=1, dataset="toy")
+    model_dir = train_explainer(cfg, tmp_path / "model", **inputs())
+    other_llm = tmp_path / "other-llama"
+    write_tiny_llama(other_llm)
+    with pytest.raises(InputError, match=rf"trained on the LLM {llama}, but llm_path is {other_llm}"):
+        generate_explanations({**cfg, "llm_path": str(other_llm)}, model_dir, "test", tmp_path / "a.jsonl",
+                              **inputs())
+    rng = np.random.default_rng(5)
+    other_vectors = PathSubgraphBuilder(make_graph(), rng.normal(size=(4, DIM)).astype(np.float32),
+                                        rng.normal(size=(5, DIM)).astype(np.float32), neighbours=2, seed=3)
+    with pytest.raises(InputError, match="graph soft prompt was trained on the graph and MMPSASRec vectors of 'toy'"):
+        generate_explanations(cfg, model_dir, "test", tmp_path / "b.jsonl", **inputs(builder=other_vectors))
+    assert len(read_lines(generate_explanations(cfg, model_dir, "test", tmp_path / "c.jsonl", **inputs()))) == 4

@@ -52,10 +52,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, write_meta
+from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, read_meta_at, write_meta
 from recbole_mmprefer.data.generations import GENERATION_FIELDS, write_generations
 from recbole_mmprefer.data.node_text import NodeText
-from recbole_mmprefer.errors import Interrupted
+from recbole_mmprefer.errors import InputError, Interrupted
 from recbole_mmprefer.explainer.checkpoints import ADAPTER_FILE, load_explainer, require_trained
 from recbole_mmprefer.explainer.model import ExplainerModel
 from recbole_mmprefer.explainer.pair_data import (
@@ -66,7 +66,7 @@ from recbole_mmprefer.explainer.pair_data import (
     load_optional_table,
     select_rows,
 )
-from recbole_mmprefer.explainer.settings import DecodingSettings, ExplainerConfig, generation_split
+from recbole_mmprefer.explainer.settings import DecodingSettings, ExplainerConfig, LlmSettings, generation_split
 from recbole_mmprefer.jsonl import ResumableShards, barrier, distributed, dump_line
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import file_sha256, json_sha256
@@ -101,9 +101,29 @@ def model_settings(config, model_dir: Optional[Path]) -> ExplainerConfig:
     budget is always the config's."""
     if model_dir is not None:
         settings = ExplainerConfig.load(require_trained(model_dir), config)
+        check_same_llm(settings.llm.path, LlmSettings.from_config(config).path, model_dir)
     else:
         settings = ExplainerConfig.from_config(config).zero_shot()
     return settings.with_generation_budget(DecodingSettings.from_config(config).max_new_tokens)
+
+
+def check_same_llm(trained: Optional[str], configured: Optional[str], model_dir: Path) -> None:
+    """InputError when ``llm_path`` is set to another LLM than the one the explainer was trained on."""
+    if configured is None or trained is None:
+        return
+    if Path(configured).expanduser().resolve() != Path(trained).expanduser().resolve():
+        raise InputError(f"{model_dir} was trained on the LLM {trained}, but llm_path is {configured}: an adapter "
+                         "only fits the LLM it was trained on (leave llm_path unset to use it, or train again)")
+
+
+def check_same_graph(model_dir: Optional[Path], builder) -> None:
+    """InputError when a graph soft prompt meets other node vectors or another graph than it was trained on."""
+    trained = (read_meta_at(model_dir) or {}).get("graph") if model_dir is not None else None
+    if trained is None or builder is None or trained["fingerprint"] == builder.fingerprint():
+        return
+    raise InputError(f"{model_dir}'s graph soft prompt was trained on the graph and MMPSASRec vectors of "
+                     f"{trained['dataset']!r}; this run's differ (another data set, or retrained vectors): train the "
+                     "explainer on this run (`mmprefer train`), or use one without graph level")
 
 
 def plan_generation(config, model_dir: Optional[Path], split: Optional[str], out_file: Optional[Path],
@@ -114,6 +134,7 @@ def plan_generation(config, model_dir: Optional[Path], split: Optional[str], out
     decoding = DecodingSettings.from_config(config)
     table = load_optional_table(config) if table is None else table
     run = RunInputs.load(config, settings, records, node_text, builder)
+    check_same_graph(model_dir, run.builder)
     rows = select_rows(table, run.records, split, pairs)
     prompt_records = join_records(rows, run.records)
     name = f"mmprefer{'' if model_dir is not None else '-zeroshot'}-{split if pairs is None else 'pairs'}"

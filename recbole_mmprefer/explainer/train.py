@@ -74,6 +74,7 @@ class TrainingInputs:
     valid_records: List[dict]
     node_text: NodeText
     builder: Optional[object]
+    dataset: Optional[str] = None  # the run's data set (recorded with a graph soft prompt's vectors)
 
     def fingerprint(self, settings: ExplainerConfig, training: TrainingSettings) -> Tuple[str, str]:
         """(resume hash: everything but the epoch count, input hash: everything)."""
@@ -101,8 +102,9 @@ def training_inputs(config, settings: ExplainerConfig, training: TrainingSetting
     valid_rows = _head(table[table["split"] == "valid"].reset_index(drop=True), training.max_valid_pairs)
     if train_rows.empty:
         raise InputError("the explanation table has no train rows to fine-tune the explainer on")
+    dataset = str(config["dataset"]) if config is not None and "dataset" in config else None
     return TrainingInputs(train_rows, valid_rows, join_records(train_rows, run.records),
-                          join_records(valid_rows, run.records), run.node_text, run.builder)
+                          join_records(valid_rows, run.records), run.node_text, run.builder, dataset)
 
 
 # -- the training loop ---------------------------------------------------------------------------------
@@ -311,7 +313,9 @@ class TrainingRun:
         if self.accelerator.is_main_process:
             save_adapter(self.out_dir, self.unwrapped, self.settings)
             parameters = int(sum(value.numel() for value in self.unwrapped.trainable_state_dict().values()))
-            meta = {"resume_hash": self.resume_hash, "settings": self.settings.to_config(),
+            graph = None if inputs.builder is None else {"dataset": inputs.dataset,
+                                                         "fingerprint": inputs.builder.fingerprint()}
+            meta = {"resume_hash": self.resume_hash, "settings": self.settings.to_config(), "graph": graph,
                     "training": self.training.to_config(), "llm": llm_identity(self.settings.llm),
                     "history": self.history, "train_pairs": len(self.train_data), "valid_pairs": len(self.valid_data),
                     "trainable_parameters": parameters, "soft_tokens": self.unwrapped.soft_tokens,
