@@ -20,6 +20,7 @@ Systems (ablations are config switches, design section 8):
   no_paths   LoRA only: no paths in the prompt, no graph soft prompt ("w/o paths")
   no_lora    frozen LLM; the graph soft prompt trains ("w/o LoRA")
   gcn        as full, with a GCN instead of the GAT
+  gt         as full, with a graph transformer instead of the GAT
   zero_shot  the frozen LLM with text paths, nothing trained
 """
 
@@ -39,10 +40,12 @@ SYSTEMS = {
     "no_paths": {"explainer_graph_level": False, "explainer_paths": 0},
     "no_lora": {"explainer_lora": False},
     "gcn": {"explainer_gnn": "gcn"},
+    "gt": {"explainer_gnn": "transformer"},
     "zero_shot": None,  # no training: generate_explanations without a model folder
 }
 LABELS = {"full": "MMP-Refer (ours)", "no_graph": "w/o graph level", "no_paths": "w/o paths",
-          "no_lora": "w/o LoRA", "gcn": "GCN encoder", "zero_shot": "zero-shot (no tuning)"}
+          "no_lora": "w/o LoRA", "gcn": "GCN encoder", "gt": "GT encoder", "no_multisid": "w/o Multi-SID",
+          "zero_shot": "zero-shot (no tuning)"}
 
 
 def make_config(args, overrides: dict):
@@ -54,14 +57,14 @@ def make_config(args, overrides: dict):
         "eval_metrics": args.metrics, **overrides})
 
 
-def run_system(args, name: str, base_dir: Path, pairs: list) -> tuple:
-    """(generation file, seconds training, seconds generating) of one system."""
+def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder_name=None) -> tuple:
+    """(generation file, seconds training, seconds generating) of one system (``config``: a run of its own)."""
     from recbole_mmprefer.explainer.generate import generate_explanations
     from recbole_mmprefer.explainer.train import train_explainer
 
     overrides = SYSTEMS[name]
-    config = make_config(args, overrides or {})
-    folder = base_dir / name
+    config = make_config(args, overrides or {}) if config is None else config
+    folder = base_dir / (folder_name or name)
     started = time.perf_counter()
     model_dir = None if overrides is None else train_explainer(config, folder / "model")
     trained = time.perf_counter()

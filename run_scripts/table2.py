@@ -1,0 +1,111 @@
+"""The paper's Table 2 on CPU: MMP-Refer against its ablations, with paired differences on the same test rows.
+
+    python run_scripts/table2.py --dataset xrec-amazon --data_path dataset \
+        [--train_pairs 0] [--epochs 1] [--test_pairs 0] [--systems full gcn gt no_graph no_lora no_multisid no_paths] \
+        [--out results/table2_xrec-amazon.md] [--key=value ...]
+
+Rows: full (GAT), w/ GCN, w/ GT (graph transformer), w/o graph level, w/o
+LoRA, w/o Multi-SID and w/o paths. "w/o Multi-SID" is a second MMPSASRec
+trained with ``use_semantic_ids: False`` in its own run folder
+(``<run_dir>/table2/no_multisid/run``), with its own retrieval paths and node
+vectors; every other row shares the run's recommender and paths. Each system
+trains on the first ``--train_pairs`` train pairs (0: all) for ``--epochs``
+epochs and explains the first ``--test_pairs`` test pairs (0: all, the
+paper's 300). Everything is resumable: a stopped run continues at its last
+step checkpoint (``explainer_checkpoint_steps``), finished systems are
+skipped as up to date, so the table can span several sessions. The report
+adds each row minus the full model on BERT P/R/F1, paired over the same rows
+(mean +- standard error, :mod:`recbole_mmprefer.evaluation.paired`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from table1 import LABELS, SYSTEMS, make_config, run_system  # noqa: E402  (the shared machinery of the tables)
+
+ROWS = ["full", "gcn", "gt", "no_graph", "no_lora", "no_multisid", "no_paths"]
+PAIRED_METRICS = ["bertscore_precision", "bertscore_recall", "bertscore_f1"]
+
+
+OWN_RUN_KEYS = ("run_dir", "use_semantic_ids")  # the "w/o Multi-SID" row sets these itself
+
+
+@contextlib.contextmanager
+def own_run_argv():
+    """sys.argv without --run_dir / --use_semantic_ids: RecBole's Config reads argv last, so they would win."""
+    saved = sys.argv
+    sys.argv = [arg for arg in saved if not arg.lstrip("-").split("=")[0] in OWN_RUN_KEYS]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def no_multisid_config(args, base_dir: Path):
+    """The run of the "w/o Multi-SID" row: its own MMPSASRec without semantic IDs, then its own paths."""
+    from recbole_mmprefer.pipeline import ensure_recommender
+    from recbole_mmprefer.retrieval.collect import collect_paths
+
+    config = make_config(args, {"use_semantic_ids": False, "run_dir": str(base_dir / "no_multisid" / "run")})
+    ensure_recommender(config, force=False)
+    collect_paths(config)
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="xrec-amazon")
+    parser.add_argument("--data_path", default="dataset")
+    parser.add_argument("--train_pairs", type=int, default=0, help="0: all train pairs")
+    parser.add_argument("--test_pairs", type=int, default=0, help="0: the whole test split")
+    parser.add_argument("--valid_pairs", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--systems", nargs="+", default=ROWS, choices=ROWS)
+    parser.add_argument("--metrics", nargs="+", default=["bertscore", "bleu", "rouge_l", "usr", "grounding"])
+    parser.add_argument("--out", default=None)
+    args, overrides = parser.parse_known_args()
+    args.train_pairs = args.train_pairs or None
+    command = "python run_scripts/table2.py " + " ".join(sys.argv[1:])
+    sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value from argv
+
+    from recbole_mmprefer.artifacts import run_dir
+    from recbole_mmprefer.evaluation.evaluate import evaluate
+    from recbole_mmprefer.evaluation.paired import paired_table
+    from recbole_mmprefer.explainer.pair_data import load_table
+
+    config = make_config(args, {})
+    base_dir = run_dir(config) / "table2"
+    test = load_table(config).query("split == 'test'")
+    test = test.head(args.test_pairs) if args.test_pairs > 0 else test
+    pairs = list(zip(test["user_id"], test["item_id"]))
+    files = {}
+    for name in args.systems:
+        with own_run_argv() if name == "no_multisid" else contextlib.nullcontext():
+            own = no_multisid_config(args, base_dir) if name == "no_multisid" else None
+            out, train_seconds, generate_seconds = run_system(args, "full" if own is not None else name, base_dir,
+                                                              pairs, config=own, folder_name=name)
+        files[LABELS[name]] = out
+        print(f"{name}: {out} (training {train_seconds:.0f} s, generation {generate_seconds:.0f} s)", flush=True)
+    report_dir = evaluate(config, files, split="test", name="table2", published=False, baselines=False,
+                          max_rows=len(pairs))
+    text = (report_dir / "table.md").read_text(encoding="utf-8")
+    if LABELS["full"] in files:
+        text += ("\n\n## Each row minus the full model (paired over the same rows, mean +- standard error)\n\n"
+                 + paired_table(report_dir, LABELS["full"], list(files), PAIRED_METRICS))
+    text += (f"\n\nEach system trained on {args.train_pairs or 'all'} train pairs for {args.epochs} epoch(s) and "
+             f"explained {len(pairs)} test pairs.\n\nCommand: `{command.strip()}`\n")
+    target = Path(args.out or HERE.parent / "results" / f"table2_{args.dataset}.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
