@@ -19,6 +19,7 @@ from recbole.utils import init_seed
 from recbole_mmprefer import config as configuration
 from recbole_mmprefer.config import Config
 from recbole_mmprefer.errors import InputError, MissingInputError, TrainingDiverged
+from recbole_mmprefer.names import check_name
 
 
 def stage_config(args: argparse.Namespace, overrides: List[str]) -> Config:
@@ -61,7 +62,8 @@ def cmd_import_amazon(args: argparse.Namespace, overrides: List[str]) -> None:
 
     _no_overrides(overrides)
     report = import_amazon(Path(args.reviews), Path(args.meta), args.name, Path(args.out),
-                           images=Path(args.images) if args.images else None, core=args.core)
+                           images=Path(args.images) if args.images else None, core=args.core,
+                           allow_missing_text=args.allow_missing_text)
     _print_import_report(report, Path(args.out) / args.name)
 
 
@@ -165,6 +167,8 @@ def add_import_commands(commands) -> None:
     amazon.add_argument("--meta", required=True, help="metadata file, e.g. meta_Baby.json.gz")
     amazon.add_argument("--images", default=None, help="folder of item images named <asin>.<jpg|png|...>")
     amazon.add_argument("--core", type=int, default=5, help="k-core filtering of users and items (default 5)")
+    amazon.add_argument("--allow_missing_text", "--allow-missing-text", action="store_true",
+                        help="import even when no item has metadata text (by default that is an error)")
     amazon.set_defaults(handler=cmd_import_amazon)
     for sub in (xrec, amazon):
         sub.add_argument("--name", required=True, help="data set name (the folder and file prefix)")
@@ -239,14 +243,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_FLAG = "--debug"
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Names that become folders or files (``--dataset``, ``--name``, the NAME of ``--system NAME=FILE``) must be
+    single plain path components; see :mod:`recbole_mmprefer.names`."""
+    for option in ("dataset", "name"):
+        if getattr(args, option, None) is not None:
+            check_name(getattr(args, option), f"--{option}")
+    for entry in getattr(args, "system", None) or []:
+        name, separator, _ = entry.partition("=")
+        if separator and name:
+            check_name(name, f"--system {entry!r}: NAME")
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split()) or "(no message)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args, overrides = build_parser().parse_known_args(argv)
+    """Run one subcommand: 0 on success, 2 on the toolkit's own errors (bad input, divergence), 1 on any other.
+
+    Any other exception prints a one-line summary; ``--debug`` (anywhere on
+    the command line) shows its traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    parser = build_parser()
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an unexpected error")
+    args, overrides = parser.parse_known_args([arg for arg in argv if arg != DEBUG_FLAG])
+    command = "mmprefer " + " ".join(filter(None, [args.command, getattr(args, "source_format", None)]))
     try:
+        check_names(args)
         args.handler(args, overrides)
     except (InputError, MissingInputError, TrainingDiverged) as error:
-        command = " ".join(filter(None, [args.command, getattr(args, "source_format", None)]))
-        print(f"mmprefer {command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug or an environment problem, not bad input: no traceback unless asked
+        if debug:
+            raise
+        print(f"{command}: unexpected {type(error).__name__}: {_one_line(error)} "
+              f"(rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -161,14 +161,82 @@ def _publish(staging: Path, target: Path) -> None:
 
 # --------------------------------------------------------------------------- loading
 
+OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+HUB_PROBE_SECONDS = 3.0
+_HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """``name`` or ``owner/name`` as the model hub writes them (anything else can only be a local path)."""
+    import re
+
+    return bool(re.fullmatch(_HUB_ID, text)) and ".." not in text and "--" not in text
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the hub's host opens within :data:`HUB_PROBE_SECONDS` (checked once)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 443), timeout=HUB_PROBE_SECONDS):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def hub_offline_reason() -> str:
+    """Why a hub id cannot be downloaded now ('' when it can): an offline variable, or no connection."""
+    for variable in OFFLINE_ENVS:
+        if os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{variable} is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    return "" if _hub_reachable(endpoint) else f"the model hub ({endpoint}) cannot be reached"
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    """Whether the hub id is already downloaded (transformers then loads it offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def _local_hint(text: str) -> str:
+    return (f"download it where the hub is reachable (e.g. `huggingface-cli download {text} --local-dir DIR`) and "
+            "set llm_path to that folder; llm_path may be a local model folder (config.json, weights, tokenizer), "
+            "a .gguf file, or empty for the bundled SmolLM2-135M-Instruct")
+
+
 def resolve_llm_path(path: Optional[PathLike], cache_dir: Optional[PathLike] = None) -> str:
-    """A folder (or hub id) to load: the bundled SmolLM2's copy for None, the converted copy of a ``.gguf``."""
+    """A folder (or hub id) to load: the bundled SmolLM2's copy for None, the converted copy of a ``.gguf``.
+
+    A path that does not exist is refused at once, naming it. A hub id (``name``
+    or ``owner/name``, not a folder here) is passed on only when it is in the
+    hub cache or the hub can be reached; offline (``HF_HUB_OFFLINE``, or no
+    connection) it is refused at once, saying how to give a local path.
+    """
     if path is None or str(path).strip() == "":
         return str(default_llm_path(cache_dir))
-    if str(path).endswith(".gguf"):
-        return str(converted_gguf_path(Path(path).expanduser(), cache_dir))
-    local = Path(path).expanduser()
-    return str(local) if local.exists() else str(path)
+    text = str(path).strip()
+    if text.endswith(".gguf"):
+        return str(converted_gguf_path(Path(text).expanduser(), cache_dir))
+    local = Path(text).expanduser()
+    if local.exists():
+        return str(local)
+    if not looks_like_hub_id(text):
+        raise MissingInputError(f"{text!r} is not a causal LM that loads offline: the folder {local.absolute()} "
+                                "does not exist. llm_path is a local model folder (config.json, weights, tokenizer), a "
+                                ".gguf file, a hub id such as owner/name, or empty for the bundled SmolLM2")
+    offline = "" if _in_hub_cache(text) else hub_offline_reason()
+    if offline:
+        raise MissingInputError(f"{text!r} is not a causal LM that loads offline: there is no folder "
+                                f"{local.absolute()}, and as a hub id it cannot be downloaded because {offline}; "
+                                f"{_local_hint(text)}")
+    return text
 
 
 def torch_dtype(name: str) -> object:

@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table1 import LABELS, SYSTEMS, make_config, run_system  # noqa: E402  (the shared machinery of the tables)
+from table1 import LABELS, make_config, run_system  # noqa: E402  (the shared machinery of the tables)
 
 ROWS = ["full", "gcn", "gt", "no_graph", "no_lora", "no_multisid", "no_paths"]
 PAIRED_METRICS = ["bertscore_precision", "bertscore_recall", "bertscore_f1"]

@@ -26,17 +26,17 @@ import json
 import logging
 import math
 import os
-import re
 import zlib
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set, TextIO, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Set, Tuple
 
 import pandas as pd
 
 from recbole_mmprefer.data.explanations import write_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.names import check_name
 from recbole_mmprefer.utils import atomic_directory, file_sha256, write_json
 
 logger = logging.getLogger(__name__)
@@ -56,15 +56,18 @@ FORMAT_KEYS = {
     "meta": {"2014": {"imUrl", "categories", "salesRank", "related"},
              "2018": {"imageURL", "imageURLHighRes", "category", "main_cat", "also_buy", "also_view", "rank"}},
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TEXT_FIELDS = ("title", "description", "categories", "brand")
+ENCODING = "utf-8"
+MOST = 0.5  # above this share of items without text, the import warns
+_SCALARS = (str, int, float)
 
 
 # ----------------------------------------------------------------------------- reading the dumps
 
 
 @contextmanager
-def _open_text(path: Path) -> Iterator[TextIO]:
-    """The file as UTF-8 text, gunzipped when it starts with the gzip magic bytes."""
+def _open_bytes(path: Path) -> Iterator[Tuple[BinaryIO, bool]]:
+    """The file's bytes, gunzipped when it starts with the gzip magic bytes; and whether it was gzipped."""
     if not path.is_file():
         raise MissingInputError(f"Amazon dump {path} not found")
     with open(path, "rb") as handle:
@@ -72,33 +75,56 @@ def _open_text(path: Path) -> Iterator[TextIO]:
     if not is_gzip and path.suffix == ".gz":
         raise InputError(f"{path} is named .gz but is not gzip-compressed: gunzip it properly or rename it")
     opener = gzip.open if is_gzip else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        yield handle
+    with opener(path, "rb") as handle:
+        yield handle, is_gzip
+
+
+def _decode(raw: bytes, path: Path, line_number: int, offset: int, is_gzip: bool) -> str:
+    try:
+        return raw.decode(ENCODING)
+    except UnicodeDecodeError as error:
+        where = f"byte {offset + error.start}" + (" of the uncompressed text" if is_gzip else "")
+        raise InputError(f"{path}, line {line_number} ({where}): byte {raw[error.start]:#04x} is not UTF-8 text; "
+                         "Amazon dumps are read as UTF-8") from None
 
 
 def _lines(path: Path) -> Iterator[Tuple[int, str]]:
-    """(line number, line) of the non-blank lines; a damaged file is an error naming it."""
-    line_number = 0
-    with _open_text(path) as handle:
+    """(line number, line) of the non-blank lines; bytes that are not UTF-8 and damaged compressed data are
+    errors naming the file and the line (each line is decoded alone, so the number is the true one)."""
+    line_number = offset = 0
+    with _open_bytes(path) as (handle, is_gzip):
         try:
-            for line_number, line in enumerate(handle, start=1):
+            for line_number, raw in enumerate(handle, start=1):
+                line = _decode(raw, path, line_number, offset, is_gzip)
+                offset += len(raw)
                 if line.strip():
                     yield line_number, line
         except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
             raise InputError(f"{path}: damaged compressed data after line {line_number} ({error})") from None
-        except UnicodeDecodeError as error:
-            raise InputError(f"{path}: not UTF-8 text near line {line_number + 1} ({error.reason})") from None
+
+
+def _literal(line: str):
+    """A Python literal (2014 metadata lines), or the parser's message when the line is not one."""
+    try:
+        return ast.literal_eval(line.strip()), ""
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError) as error:
+        message = str(error) or type(error).__name__
+        return None, message if isinstance(error, (ValueError, SyntaxError)) else f"{type(error).__name__}: {message}"
 
 
 def parse_record(line: str, path: Path, line_number: int) -> dict:
-    """One dump line as a dict: JSON first, then a Python literal (2014 metadata); never ``eval``."""
+    """One dump line as a dict: JSON first, then a Python literal (2014 metadata); never ``eval``.
+
+    A line that is neither is an error with both parsers' whole messages.
+    """
     try:
         record = json.loads(line)
-    except (ValueError, RecursionError):
-        try:
-            record = ast.literal_eval(line.strip())
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise InputError(f"{path}, line {line_number}: neither JSON nor a Python literal dict") from None
+    except (ValueError, RecursionError) as error:
+        json_message = str(error) if isinstance(error, ValueError) else "nested too deeply"
+        record, literal_message = _literal(line)
+        if literal_message:
+            raise InputError(f"{path}, line {line_number}: neither JSON nor a Python literal dict; as JSON: "
+                             f"{json_message}; as a Python literal: {literal_message}") from None
     if not isinstance(record, dict):
         raise InputError(f"{path}, line {line_number}: expected an object ({{...}}), got {type(record).__name__}")
     return record
@@ -125,8 +151,8 @@ def _release(votes: Counter) -> str:
 
 
 def _token(value) -> str:
-    """An id as a token: a non-empty string without whitespace runs, or '' when absent."""
-    if value is None:
+    """An id as a token: a non-empty string without whitespace runs, or '' when absent or not a string or number."""
+    if not isinstance(value, _SCALARS) or isinstance(value, bool):
         return ""
     return " ".join(str(value).split())
 
@@ -134,7 +160,10 @@ def _token(value) -> str:
 def _review_row(record: dict) -> Tuple[Optional[tuple], str]:
     """(user, item, rating, timestamp) of a review line, or None and the reason it is skipped."""
     for field in REQUIRED_REVIEW_FIELDS:
-        if _token(record.get(field)) == "":
+        value = record.get(field)
+        if value is not None and (not isinstance(value, _SCALARS) or isinstance(value, bool)):
+            return None, f"bad_{field}"
+        if _token(value) == "":
             return None, f"missing_{field}"
     try:
         rating = float(record["overall"])
@@ -145,6 +174,8 @@ def _review_row(record: dict) -> Tuple[Optional[tuple], str]:
     try:
         timestamp = int(float(record["unixReviewTime"]))
     except (TypeError, ValueError, OverflowError):
+        return None, "bad_unixReviewTime"
+    if abs(timestamp) >= 2 ** 62:
         return None, "bad_unixReviewTime"
     return (_token(record["reviewerID"]), _token(record["asin"]), rating, timestamp), ""
 
@@ -198,9 +229,10 @@ def _shape(frame: pd.DataFrame) -> Dict[str, int]:
 
 
 def _text(value) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else str(value)
+    """A text field as a string: nested lists (and dict values) joined with spaces."""
+    if isinstance(value, str):
+        return value
+    return " ".join(_flatten(value))
 
 
 def write_review_texts(source: Path, target: Path, kept: pd.DataFrame) -> None:
@@ -226,12 +258,20 @@ def write_review_texts(source: Path, target: Path, kept: pd.DataFrame) -> None:
 
 
 def _flatten(value) -> List[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [text for part in value for text in _flatten(part)]
-    text = _text(value).strip()
-    return [text] if text else []
+    """The non-empty strings of a value and of the lists, tuples, sets and dict values nested in it, in order."""
+    texts: List[str] = []
+    pending = [value]
+    while pending:
+        part = pending.pop()
+        if isinstance(part, dict):
+            pending.extend(reversed(list(part.values())))
+        elif isinstance(part, (list, tuple, set, frozenset)):
+            pending.extend(reversed(list(part)))
+        elif part is not None:
+            text = (part if isinstance(part, str) else str(part)).strip()
+            if text:
+                texts.append(text)
+    return texts
 
 
 def _join_unique(values: List[str], separator: str) -> str:
@@ -316,8 +356,7 @@ def _write_dataset(folder: Path, name: str, kept: pd.DataFrame, items: pd.DataFr
 
 
 def _check_arguments(reviews: Path, meta: Path, name: str, core: int) -> None:
-    if not _NAME.match(name):
-        raise InputError(f"Data set name {name!r} must be a plain folder name (letters, digits, '.', '_', '-')")
+    check_name(name)
     if isinstance(core, bool) or not isinstance(core, int) or core < 1:
         raise InputError(f"core must be a positive integer (1 keeps every interaction), got {core!r}")
     for path in (reviews, meta):
@@ -334,11 +373,32 @@ def _source(path: Path) -> Dict[str, str]:
     return {"path": str(path.resolve()), "sha256": file_sha256(path)}
 
 
+def check_item_text(meta: Path, items: int, without_text: int, meta_lines: int, allow_missing_text: bool) -> None:
+    """Warn when most items have no text; refuse when none has any, unless ``allow_missing_text``."""
+    if without_text <= MOST * items:
+        return
+    share = (f"{without_text} of {items} items ({100.0 * without_text / items:.0f}%) have no title, description, "
+             f"categories or brand in {meta} ({meta_lines} metadata line(s) read)")
+    if without_text < items:
+        logger.warning("%s: their text features will be empty", share)
+    elif not allow_missing_text:
+        raise InputError(f"{share}: every item would have the same empty text. Give the category's metadata file "
+                         "(meta_<Category>.json[.gz]) as --meta, or pass --allow_missing_text to import the "
+                         "interactions without item text")
+    else:
+        logger.warning("%s; imported anyway (--allow_missing_text)", share)
+
+
 def import_amazon(reviews: Path, meta: Path, name: str, out_root: Path, images: Optional[Path] = None,
-                  core: int = 5) -> Dict[str, object]:
-    """Import one category of the public Amazon review dumps (2014 or 2018) into out_root/name/; returns the report."""
-    reviews, meta, out_dir = Path(reviews), Path(meta), Path(out_root) / name
+                  core: int = 5, allow_missing_text: bool = False) -> Dict[str, object]:
+    """Import one category of the public Amazon review dumps (2014 or 2018) into out_root/name/; returns the report.
+
+    When most items have no metadata text it warns with the share; when none
+    has any it refuses, unless ``allow_missing_text``.
+    """
+    reviews, meta = Path(reviews), Path(meta)
     _check_arguments(reviews, meta, name, core)
+    out_dir = Path(out_root) / name
     frame, review_info = read_reviews(reviews)
     kept, rounds = k_core(frame, core)
     if kept.empty:
@@ -346,6 +406,8 @@ def import_amazon(reviews: Path, meta: Path, name: str, out_root: Path, images: 
                          f"({_shape(frame)}); use a smaller core")
     item_ids = sorted(kept["item_id"].unique())
     metadata, meta_info = read_metadata(meta, set(item_ids))
+    without_text = sum(not any(metadata.get(item, {}).get(field) for field in TEXT_FIELDS) for item in item_ids)
+    check_item_text(meta, len(item_ids), without_text, meta_info["lines"], allow_missing_text)
     image_files = find_images(Path(images), item_ids) if images is not None else {}
     report = {
         "dataset": name, "core": core, "output": str(out_dir.resolve()),
@@ -358,7 +420,8 @@ def import_amazon(reviews: Path, meta: Path, name: str, out_root: Path, images: 
             "skipped_total": sum(review_info["skipped"].values()),
             "meta_lines": meta_info["lines"], "meta_skipped": meta_info["skipped"],
             "before_core": _shape(frame), "after_core": _shape(kept), "core_rounds": rounds,
-            "items_without_meta": len(item_ids) - len(metadata), "items_with_image": len(image_files),
+            "items_without_meta": len(item_ids) - len(metadata), "items_without_text": without_text,
+            "items_with_image": len(image_files),
         },
     }
     with atomic_directory(out_dir) as staging:

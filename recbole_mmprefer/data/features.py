@@ -23,6 +23,7 @@ from recbole_mmprefer import __version__
 from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.data.atomic import atomic_file_path, read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import (
     align_rows,
     file_sha256,
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("text", "image")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+MOST_WITHOUT_TEXT = 0.5  # above this share of items without text, building text features warns
 
 
 def default_text_encoder_path() -> Path:
@@ -77,6 +79,29 @@ def item_texts(frame: pd.DataFrame, fields: Sequence[str], path: Path) -> List[s
         raise InputError(f"{path}: text field(s) {missing} not found; the file has {list(frame.columns)}")
     columns = [frame[field].to_numpy() for field in fields]
     return ["; ".join(f"{f}: {v}" for f, v in zip(fields, values) if v.strip()) for values in zip(*columns)]
+
+
+def check_item_texts(texts: Sequence[str], path: Path, fields: Sequence[str], allow_missing_text: bool) -> int:
+    """The number of items without text; a warning when most have none, an error when all have none.
+
+    Items without text all get the encoder's vector of the empty string, so a
+    data set where every item lacks text would give every item the same
+    feature. ``allow_missing_text`` (config key) turns that error into a warning.
+    """
+    empty = sum(not text for text in texts)
+    if not texts or empty <= MOST_WITHOUT_TEXT * len(texts):
+        return empty
+    share = (f"{empty} of {len(texts)} items ({100.0 * empty / len(texts):.0f}%) have no text in fields "
+             f"{list(fields)} of {path}")
+    if empty < len(texts):
+        logger.warning("%s: they all get the same text feature (that of the empty text)", share)
+    elif not allow_missing_text:
+        raise InputError(f"{share}: every item would get the same text feature. Fill the fields (e.g. import the "
+                         "data set with its metadata), choose other text_fields, or set allow_missing_text: True "
+                         "to build the features anyway")
+    else:
+        logger.warning("%s: every item gets the same text feature (allow_missing_text is set)", share)
+    return empty
 
 
 def model_fingerprint(path: Path) -> Dict[str, object]:
@@ -245,8 +270,9 @@ def build_features(config, modality: str, force: bool = False) -> Path:
     missing: List[str] = []
     empty_texts = None
     if modality == "text":
-        texts = item_texts(frame, list(config["text_fields"] or []), item_path)
-        empty_texts = sum(not text for text in texts)
+        fields = list(config["text_fields"] or [])
+        texts = item_texts(frame, fields, item_path)
+        empty_texts = check_item_texts(texts, item_path, fields, bool(stage_setting(config, "allow_missing_text")))
         encoder = TextEncoder(config["text_encoder"], config["text_max_length"])
         matrix = encoder.encode(texts, config["feature_batch_size"])
     elif config["image_features"]:
