@@ -122,3 +122,16 @@ def test_evaluate_checks_the_generation_files_before_loading_any_encoder(tmp_pat
     write_generations(partial, pd.DataFrame([{"user_id": "nobody", "item_id": "x", "explanation": "e"}]))
     with pytest.raises(InputError, match="systems do not cover the same"):
         evaluation.evaluate(config, {"ours": partial}, split="test")
+
+
+def test_prompt_and_model_agree_on_the_soft_token_count():
+    from recbole_mmprefer.explainer.graph_encoder import soft_prompt_tokens
+    from recbole_mmprefer.explainer.settings import ExplainerConfig, PromptSettings
+
+    for keys, expected in (({"explainer_paths": 0, "explainer_soft_tokens": 3}, 0),
+                           ({"explainer_paths": 2, "explainer_soft_tokens": 3}, 3),
+                           ({"explainer_paths": 2}, 2), ({"explainer_graph_level": False}, 0)):
+        assert PromptSettings.from_config(keys).soft_tokens == soft_prompt_tokens(keys) == expected
+        assert ExplainerConfig.from_config(keys).soft_tokens == expected
+        saved = ExplainerConfig.from_config(keys).to_config()
+        assert ExplainerConfig.from_keys(saved).to_config() == saved  # what a trained explainer reads back
