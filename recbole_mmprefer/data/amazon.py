@@ -58,7 +58,7 @@ FORMAT_KEYS = {
 }
 TEXT_FIELDS = ("title", "description", "categories", "brand")
 ENCODING = "utf-8"
-MOST = 0.5  # above this share of items without text, the import warns
+MOST_WITHOUT_TEXT = 0.5  # above this share of items without text, the import warns
 _SCALARS = (str, int, float)
 
 
@@ -103,7 +103,7 @@ def _lines(path: Path) -> Iterator[Tuple[int, str]]:
             raise InputError(f"{path}: damaged compressed data after line {line_number} ({error})") from None
 
 
-def _literal(line: str):
+def _literal(line: str) -> Tuple[object, str]:
     """A Python literal (2014 metadata lines), or the parser's message when the line is not one."""
     try:
         return ast.literal_eval(line.strip()), ""
@@ -375,7 +375,7 @@ def _source(path: Path) -> Dict[str, str]:
 
 def check_item_text(meta: Path, items: int, without_text: int, meta_lines: int, allow_missing_text: bool) -> None:
     """Warn when most items have no text; refuse when none has any, unless ``allow_missing_text``."""
-    if without_text <= MOST * items:
+    if without_text <= MOST_WITHOUT_TEXT * items:
         return
     share = (f"{without_text} of {items} items ({100.0 * without_text / items:.0f}%) have no title, description, "
              f"categories or brand in {meta} ({meta_lines} metadata line(s) read)")

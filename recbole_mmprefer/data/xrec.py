@@ -298,7 +298,8 @@ class _DataOnlyUnpickler(pickle._Unpickler):  # the pure-Python unpickler: each 
 
     def check_call(self, func, args, kwargs) -> None:
         if type(args) is not tuple or type(kwargs) is not dict:
-            raise _Refused(f"refusing to load: arguments given as {type(args).__name__}, not a tuple")
+            raise _Refused(f"refusing to load: a call with arguments in a {type(args).__name__} and keywords in a "
+                           f"{type(kwargs).__name__}, not a tuple and a dict")
         known = self.costs.get(id(func))
         if known is None:
             raise _Refused(f"refusing to call a {type(func).__name__} object, which is not a known data type")
@@ -476,7 +477,8 @@ def read_pair_frame(path: Path) -> pd.DataFrame:
     for column in ("uid", "iid"):
         frame[column] = node_ids(frame[column], f"{path}", column, row_offset=1, row_word="row")
     for column in PAIR_COLUMNS[2:]:
-        frame[column] = [_cell_text(value, path, row, column) for row, value in enumerate(frame[column], start=1)]
+        texts = [_cell_text(value, path, row, column) for row, value in enumerate(frame[column], start=1)]
+        frame[column] = pd.Series(texts, index=frame.index, dtype=object)
     return frame
 
 
@@ -741,7 +743,8 @@ def import_xrec(source: Path, name: str, out_root: Path, seed: int = 2020,
     raw_pairs = read_explained_pairs(source)
     pairs, skipped = clean_pairs(raw_pairs, source, n_users, n_items)
     if pairs.empty:
-        raise InputError(f"{source}: no usable explanation rows ({skipped})")
+        read = ", ".join(f"{short}.pkl" for short in EDGE_SPLITS.values() if (source / f"{short}.pkl").is_file())
+        raise InputError(f"{source}: no usable explanation rows in {read} ({len(raw_pairs)} read; skipped {skipped})")
     combined, edge_skipped = combine_edges(edges)
     skipped.update(edge_skipped)
     predictions, prediction_report = align_predictions(source, pairs)
