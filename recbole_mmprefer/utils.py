@@ -66,9 +66,24 @@ def write_lines(path: Path, lines: List[str]) -> None:
         handle.writelines(f"{line}\n" for line in lines)
 
 
-def read_lines(path: Path) -> List[str]:
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+def read_text(path: Path, kind: str = "text files") -> str:
+    """The file's text; bytes that are not UTF-8 are an InputError naming the line, the byte offset and that
+    ``kind`` are read as UTF-8."""
+    from recbole_mmprefer.errors import InputError
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{path}, line {line} (byte {error.start}): byte {data[error.start]:#04x} is not UTF-8 "
+                         f"text; {kind} are read as UTF-8") from None
+
+
+def read_lines(path: Path, kind: str = "text files") -> List[str]:
+    """The file's lines without their newline (a last newline ends the last line; it starts no new one)."""
+    lines = read_text(path, kind).split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def align_rows(matrix, row_tokens: List[str], item_tokens: List[str], source: Path, remedy: str):

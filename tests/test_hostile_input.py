@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_input import build as build_state
 from test_bad_input import call, crafted, dtype, empty_array, find
@@ -44,7 +44,6 @@ SMALL = settings(max_examples=40, deadline=None, derandomize=True, database=None
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 FEW = settings(SMALL, max_examples=25)
-KNOWN_FAILURE = settings(SMALL, phases=[Phase.generate])  # an expected failure: stop at the first, no shrinking
 
 
 @contextmanager
@@ -331,20 +330,14 @@ def test_atomic_files_written_are_read_back(tmp_path, rows):
     assert read.values.tolist() == [[single_line(a), single_line(b)] for a, b in rows]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "data/explanations.py single_line (not in this change) keeps NUL characters, and pandas ends the field at "
-    "one: 'a\\x00b' is read back as 'a'"))
 def test_atomic_text_with_a_nul_character_is_read_back(tmp_path):
     path = tmp_path / "nul.item"
     write_atomic_file(path, pd.DataFrame({"item_id": ["i1"], "title": ["a\x00b"]}), {"item_id": "token",
                                                                                      "title": "token_seq"})
-    assert read_atomic_file(path)["title"].tolist() == [single_line("a\x00b").replace("\x00", " ")]
+    assert read_atomic_file(path)["title"].tolist() == ["a b"] == [single_line("a\x00b")]
 
 
-@pytest.mark.xfail(strict=True, raises=(UnicodeDecodeError, pd.errors.ParserError), reason=(
-    "data/atomic.py read_atomic_file (not in this change) lets pandas' UnicodeDecodeError and ParserError "
-    "through; they should become InputError naming the file, line and byte offset"))
-@KNOWN_FAILURE
+@SMALL
 @given(content=st.binary(max_size=200))
 def test_atomic_file_of_arbitrary_bytes(tmp_path, content):
     path = tmp_path / "any.item"
@@ -391,10 +384,7 @@ def test_pair_file_of_any_text(toy_graph, capsys, lines):
             assert not (root / "run" / "paths").exists() and not list((root / "run").glob(".paths-partial-*"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "retrieval's pair-file reader reads lines with utils.read_lines, which raises UnicodeDecodeError (now shown "
-    "as an unexpected error, exit 1); the JSON-lines reader rewrite is to report the file, line and byte offset"))
-@KNOWN_FAILURE
+@FEW
 @given(content=st.binary(min_size=1, max_size=40).filter(lambda data: not _is_utf8(data)))
 def test_pair_file_of_arbitrary_bytes(toy_graph, capsys, content):
     with workspace() as root:

@@ -7,26 +7,33 @@ interaction file; these checks name the file before any stage starts.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from recbole_mmprefer.artifacts import dataset_file
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.utils import read_text
 
 
 def atomic_file_path(config, suffix: str) -> Path:
-    return Path(config["data_path"]) / f"{config['dataset']}.{suffix}"
+    return dataset_file(config, suffix)
 
 
 def read_atomic_file(path: Path, separator: str = "\t") -> pd.DataFrame:
     """Read an atomic file as strings, columns named without their ``:type``."""
     if not path.is_file():
         raise MissingInputError(f"Atomic file {path} not found")
+    text = read_text(path, "atomic files")
     try:
-        frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+        frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False,
+                            quoting=csv.QUOTE_NONE)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path} is empty: an atomic file starts with a header line of field:type columns")
+    except (ValueError, pd.errors.ParserError) as error:
+        raise InputError(f"{path}: not a readable atomic file ({' '.join(str(error).split())})") from None
     frame.columns = [column.split(":")[0] for column in frame.columns]
     return frame
 

@@ -37,6 +37,7 @@ EXPLANATION_COLUMNS = ["user_id", "item_id", "title", "user_profile", "item_prof
                        "profile_source", "explanation_source"]
 SPLITS = ("train", "valid", "test")
 _WHITESPACE = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # control characters that are not whitespace
 
 
 def explanation_table_path(data_dir: Path, name: str) -> Path:
@@ -51,7 +52,7 @@ def single_line(text: str) -> str:
     atomic files with pandas' default CSV quoting, which would otherwise take
     it for the start of a quoted field and fail on the row.
     """
-    text = _WHITESPACE.sub(" ", text).strip()
+    text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
     return "\u201c" + text[1:] if text.startswith('"') else text
 
 

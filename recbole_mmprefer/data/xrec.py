@@ -47,7 +47,7 @@ from recbole_mmprefer.data.explanations import (
 )
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.names import check_name
-from recbole_mmprefer.utils import atomic_directory, file_sha256, write_json
+from recbole_mmprefer.utils import atomic_directory, file_sha256, read_text, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -541,20 +541,9 @@ def parse_times(values: pd.Series, path: Path) -> np.ndarray:
     return np.where(times.isna().to_numpy(), np.nan, seconds)
 
 
-def read_utf8(path: Path, kind: str) -> str:
-    """The file's text; bytes that are not UTF-8 are an error naming the line and byte offset."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise InputError(f"{path}, line {line} (byte {error.start}): byte {data[error.start]:#04x} is not UTF-8 "
-                         f"text; {kind} are read as UTF-8") from None
-
-
 def read_edge_csv(path: Path) -> pd.DataFrame:
     """``total_<split>.csv``: columns user, item and optionally Time; ids checked per line."""
-    text = read_utf8(path, "XRec CSV files")
+    text = read_text(path, "XRec CSV files")
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
