@@ -18,7 +18,7 @@ from recbole.utils import init_seed
 
 from recbole_mmprefer import config as configuration
 from recbole_mmprefer.config import Config
-from recbole_mmprefer.errors import InputError, MissingInputError, TrainingDiverged
+from recbole_mmprefer.errors import InputError, Interrupted, MissingInputError, TrainingDiverged
 from recbole_mmprefer.names import check_name
 
 
@@ -264,7 +264,8 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one subcommand: 0 on success, 2 on the toolkit's own errors (bad input, divergence), 1 on any other.
+    """Run one subcommand: 0 on success, 2 on the toolkit's own errors (bad input, divergence), 1 on any other,
+    130 when stopped with Ctrl-C (a resumable stage says what it kept and how to resume).
 
     Any other exception prints a one-line summary; ``--debug`` (anywhere on
     the command line) shows its traceback instead.
@@ -281,6 +282,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (InputError, MissingInputError, TrainingDiverged) as error:
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        print(f"{command}: {error if isinstance(error, Interrupted) else 'stopped by the user'}", file=sys.stderr)
+        return 130
     except Exception as error:  # a bug or an environment problem, not bad input: no traceback unless asked
         if debug:
             raise

@@ -135,3 +135,19 @@ def test_prompt_and_model_agree_on_the_soft_token_count():
         assert ExplainerConfig.from_config(keys).soft_tokens == expected
         saved = ExplainerConfig.from_config(keys).to_config()
         assert ExplainerConfig.from_keys(saved).to_config() == saved  # what a trained explainer reads back
+
+
+def test_ctrl_c_through_the_command_line_prints_how_to_resume_without_a_traceback(setup, monkeypatch, capsys):
+    from recbole_mmprefer.cli import main as mmprefer
+
+    data, run, _ = setup
+
+    def interrupted(pair):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(collect, "_pair_record", interrupted)
+    code = mmprefer(["paths", "--dataset", "toy", f"--data_path={data}", f"--run_dir={run}",
+                     "--path_weight=degree"])
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    assert "stopped by the user after 0 of 8 pairs" in err and "without --force resumes from them" in err
