@@ -26,6 +26,7 @@ from recbole_mmprefer.data.atomic import check_interactions
 from recbole_mmprefer.data.features import build_features
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.model.export import export_embeddings
+from recbole_mmprefer.names import check_name
 from recbole_mmprefer.model.quantizer import build_semantic_ids
 from recbole_mmprefer.registry import get_model, get_trainer
 
@@ -127,6 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("run_recbole: error: --nproc > 1 (distributed training) is not supported yet", file=sys.stderr)
         return 2
     try:
+        check_name(args.dataset, "--dataset")
         run_recbole(model=args.model, dataset=args.dataset, config_file_list=config_files)
     except (InputError, MissingInputError, ConfigKeyError) as error:
         print(f"run_recbole: error: {error}", file=sys.stderr)

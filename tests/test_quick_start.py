@@ -74,6 +74,13 @@ def test_unknown_model_through_the_console_lists_models(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_dataset_name_that_is_a_path_is_refused_before_anything_runs(tmp_path):
+    from recbole_mmprefer.quick_start import main
+
+    assert main(["--model=MMPSASRec", "--dataset=../escaped"]) == 2
+    assert not (tmp_path / "saved").exists() and not (tmp_path.parent / "escaped").exists()
+
+
 def test_missing_quantizer_input_through_the_console_names_the_command(tmp_path):
     root = tmp_path / "data"
     write_tiny_dataset(root)
