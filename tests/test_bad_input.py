@@ -28,7 +28,8 @@ from conftest import tiny_config, write_tiny_dataset, write_tiny_text_encoder
 from recbole_mmprefer import cli, llm
 from recbole_mmprefer.cli import main as mmprefer
 from recbole_mmprefer.data.amazon import import_amazon
-from recbole_mmprefer.data.xrec import PICKLE_MIN_BUDGET, import_xrec, load_data_pickle
+from recbole_mmprefer.data.safe_pickle import PICKLE_MIN_BUDGET, load_data_pickle
+from recbole_mmprefer.data.xrec import import_xrec
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.names import check_name
 
@@ -152,7 +153,8 @@ def test_pickles_that_crashed_the_interpreter_are_refused(tmp_path):
     }
     for name, value in cases.items():
         (tmp_path / f"{name}.pkl").write_bytes(crafted(value))
-    script = ("import gc, sys\nfrom pathlib import Path\nfrom recbole_mmprefer.data.xrec import load_data_pickle\n"
+    script = ("import gc, sys\nfrom pathlib import Path\n"
+              "from recbole_mmprefer.data.safe_pickle import load_data_pickle\n"
               "for path in sys.argv[1:]:\n    try:\n        value = load_data_pickle(Path(path))\n"
               "        print(repr(value)); del value; gc.collect(); [str(n) * 9 for n in range(100000)]\n"
               "    except ValueError as error:\n        print(error)\n")

@@ -37,7 +37,8 @@ from recbole_mmprefer.cli import main as mmprefer
 from recbole_mmprefer.data.amazon import import_amazon
 from recbole_mmprefer.data.atomic import read_atomic_file
 from recbole_mmprefer.data.explanations import single_line, write_atomic_file
-from recbole_mmprefer.data.xrec import PAIR_COLUMNS, import_xrec, load_data_pickle
+from recbole_mmprefer.data.safe_pickle import load_data_pickle
+from recbole_mmprefer.data.xrec import PAIR_COLUMNS, import_xrec
 from recbole_mmprefer.errors import InputError, MissingInputError
 
 SMALL = settings(max_examples=40, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,

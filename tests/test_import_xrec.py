@@ -22,7 +22,8 @@ from recbole_mmprefer.data.explanations import (
     write_atomic_file,
     write_explanation_table,
 )
-from recbole_mmprefer.data.xrec import import_xrec, load_data_pickle
+from recbole_mmprefer.data.safe_pickle import load_data_pickle
+from recbole_mmprefer.data.xrec import import_xrec
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.utils import read_json
 
