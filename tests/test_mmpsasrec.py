@@ -124,3 +124,22 @@ def test_cosine_scores_are_bounded_by_the_temperature(prepared):
     assert scores.abs().max() <= 2.0 + 1e-5
     dot_model = build_model(config, train_data, similarity="dot", temperature=1.0).eval()
     assert not torch.allclose(dot_model.full_sort_predict(next(iter(test_data))[0]), scores)
+
+
+def test_items_sharing_one_feature_vector_are_reported_loudly(caplog):
+    import logging
+
+    import torch
+
+    from recbole_mmprefer.model.sequential_recommender.mmpsasrec import warn_if_constant
+
+    constant = torch.zeros(11, 4)
+    constant[1:3] = torch.randn(2, 4)  # 2 of 10 items with text: 8 share the empty-text vector
+    with caplog.at_level(logging.WARNING):
+        warn_if_constant({"text": constant}, id_embedding_size=0)
+    assert "share one text feature vector" in caplog.text and "item_id_embedding_size" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_if_constant({"text": constant}, id_embedding_size=16)  # an ID part tells them apart
+        warn_if_constant({"text": torch.randn(11, 4)}, id_embedding_size=0)
+    assert caplog.text == ""

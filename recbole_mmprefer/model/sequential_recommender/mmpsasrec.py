@@ -15,6 +15,7 @@ tells apart items whose features coincide, e.g. items without any text.
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional
 
 import torch
@@ -26,6 +27,20 @@ from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.data.features import load_features
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.model.quantizer import load_semantic_ids
+
+logger = logging.getLogger(__name__)
+
+
+def warn_if_constant(features: Dict[str, torch.Tensor], id_embedding_size: int) -> None:
+    """A loud warning when a modality gives (nearly) every item the same feature vector and no item-ID part tells
+    them apart: the model would then learn from popularity alone."""
+    for modality, matrix in features.items():
+        rows = matrix[1:]  # row 0 is [PAD]
+        share = 1.0 - len(torch.unique(rows, dim=0)) / max(len(rows), 1)
+        if share > 0.5 and id_embedding_size == 0:
+            logger.warning("%.0f%% of the items share one %s feature vector with another item (items without "
+                           "text?): MMPSASRec can hardly tell them apart; set item_id_embedding_size > 0 or give "
+                           "the items text", 100 * share, modality)
 
 
 class MultimodalItemEmbedding(nn.Module):
@@ -112,6 +127,7 @@ class MMPSASRec(SASRec):
         folders = {m: ARTIFACTS["features"].dir(config, modality=m) for m in config["modalities"]}
         features = {m: torch.as_tensor(load_features(folders[m], item_tokens, command))
                     for m in config["modalities"]}
+        warn_if_constant(features, int(config["item_id_embedding_size"] or 0))
         semantic_ids = codebooks = None
         if config["use_semantic_ids"]:
             command = f"mmprefer quantize --dataset {config['dataset']}"
