@@ -94,7 +94,8 @@ def run_recbole(model: Optional[str] = None, dataset: Optional[str] = None,
         "fit_seconds": fit_seconds,
     }
     if saved and config["export_embeddings"]:
-        result["embeddings_dir"] = str(export_embeddings(config, model, dataset, test_data, trainer.saved_model_file))
+        result["embeddings_dir"] = str(export_embeddings(config, model, dataset, test_data, trainer.saved_model_file,
+                                                         test_result))
     return result
 
 

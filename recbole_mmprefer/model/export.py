@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence, Set, Tuple
+from typing import Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -79,8 +79,9 @@ def read_vectors(folder: Path, kind: str, tokens: Sequence[str]) -> Tuple[np.nda
 
 
 @torch.no_grad()
-def export_embeddings(config, model, dataset, eval_data, model_file: str) -> Path:
-    """Write user_embeddings.npy / user_tokens.txt and item_embeddings.npy / item_tokens.txt."""
+def export_embeddings(config, model, dataset, eval_data, model_file: str, test_result: Optional[dict] = None) -> Path:
+    """Write user_embeddings.npy / user_tokens.txt and item_embeddings.npy / item_tokens.txt (and, in the meta,
+    the model's ``test_result``)."""
     model.eval()
     user_field = config["USER_ID_FIELD"]
     user_ids, user_vectors = [], []
@@ -95,7 +96,8 @@ def export_embeddings(config, model, dataset, eval_data, model_file: str) -> Pat
 
     out_dir = ARTIFACTS["recommender"].dir(config)
     meta = {"model": config["model"], "model_file": str(model_file), "users": len(user_tokens),
-            "items": len(item_tokens), "dim": int(item_vectors.shape[1])}
+            "items": len(item_tokens), "dim": int(item_vectors.shape[1]),
+            "test_result": {key: float(value) for key, value in (test_result or {}).items()}}
     with ARTIFACTS["recommender"].writing(config, recommender_input_hash(config), meta) as staging:
         np.save(staging / "user_embeddings.npy", torch.cat(user_vectors).numpy().astype(np.float32))
         write_lines(staging / "user_tokens.txt", user_tokens)
