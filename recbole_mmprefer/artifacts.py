@@ -134,10 +134,10 @@ class Artifact:
         return MissingInputError(f"No {self.what} in {target}: run `{self.command.format(dataset=dataset)}` first")
 
     @contextlib.contextmanager
-    def writing(self, config, input_hash: str, meta: Optional[Dict[str, object]] = None,
+    def writing(self, config, input_hash: Optional[str] = None, meta: Optional[Dict[str, object]] = None,
                 **parts: str) -> Iterator[Path]:
-        """A staging folder that replaces the artifact's folder, with its meta, only when the block succeeds;
-        the block may add to ``meta``."""
+        """A staging folder that replaces the artifact's folder, with its meta (``input_hash``; none for an
+        artifact that is not ``recorded``), only when the block succeeds; the block may add to ``meta``."""
         meta = {} if meta is None else meta
         with atomic_directory(self.dir(config, **parts)) as staging:
             yield staging

@@ -127,7 +127,7 @@ def evaluate(config, generation_files: Optional[Dict[str, Path]] = None, split: 
     context = {"dataset": config["dataset"], "split": split or "all", "rows": len(rows), **subset, "systems": sources,
                "pairs left out (other splits)": {k: v for k, v in left_out.items() if v},
                "metrics": metrics, **used}
-    with ARTIFACTS["evaluation"].writing(config, "", name=report_name) as staging:
+    with ARTIFACTS["evaluation"].writing(config, name=report_name) as staging:
         write_report(staging, results, rows, context, absent)
     logger.info("Evaluated %d systems on %d rows: %s", len(results), len(rows), out_dir / "table.md")
     return out_dir
