@@ -21,6 +21,7 @@ import numpy as np
 
 from recbole_mmprefer.data.explanations import SPLITS
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.llm import DTYPES
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.settings import (
     StageSettings,
@@ -38,7 +39,6 @@ GNN_TYPES = ("gat", "gcn", "transformer")
 SOFT_PROMPT_STARTS = ("random", "neutral")
 POOLS = ("path", "all")
 DECODINGS = ("greedy", "beam", "sample")
-DTYPES = ("float32", "bfloat16", "float16")
 CONFIG_FILE = "explainer_config.json"
 
 
