@@ -21,6 +21,9 @@ pairs (forward, backward, AdamW) in float32 and as many under bfloat16
 autocast, alternating, the first of each left out as warm-up. Peak
 memory is the process's peak resident set size after each phase (it only
 grows, so the training figure includes generation's), and the CUDA peak on a GPU.
+Padding: over the first ``--padding_pairs`` train pairs (0: all), the tokens an
+epoch's batches hold with padding, batched in shuffled order against batched
+by length within buckets (``explainer_bucket_batches``), as training does.
 """
 
 from __future__ import annotations
@@ -88,6 +91,27 @@ def training_steps(model, data, batch_size: int, steps: int, learning_rate: floa
     return {precision: values[1:] for precision, values in seconds.items()}
 
 
+def epoch_padding(table, records, node_text, tokenizer, settings, batch_size: int, pairs: int, buckets: int,
+                  seed: int) -> dict:
+    """Tokens of one epoch's training batches, padded, in shuffled order and in length buckets."""
+    import numpy as np
+
+    from recbole_mmprefer.explainer.pair_data import PairData, join_records
+    from recbole_mmprefer.explainer.train import EpochBatches
+
+    rows = table[table["split"] == "train"].reset_index(drop=True)
+    rows = rows.head(pairs) if pairs > 0 else rows
+    data = PairData(join_records(rows, records), node_text, tokenizer, settings, None, list(rows["explanation"]))
+    lengths = np.array([len(example) for example in data.examples])
+
+    def padded(bucket_batches: int) -> int:
+        sampler = EpochBatches(lengths, batch_size, seed, bucket_batches)
+        sampler.set_epoch(1)
+        return int(sum(lengths[batch].max() * len(batch) for batch in sampler))
+
+    return {"pairs": len(rows), "real": int(lengths.sum()), "shuffled": padded(0), "bucketed": padded(buckets)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="xrec-amazon")
@@ -97,6 +121,7 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--train_steps", type=int, default=6)
+    parser.add_argument("--padding_pairs", type=int, default=0, help="train pairs of the padding measure; 0: all")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "bench_explainer.md"))
     args, overrides = parser.parse_known_args()
     command = "python run_scripts/bench_explainer.py " + " ".join(sys.argv[1:])
@@ -140,6 +165,8 @@ def main() -> None:
     step_seconds = training_steps(model, train_data, batch_size, args.train_steps,
                                   float(config["explainer_learning_rate"]))
     training_rss = peak_rss_mib()
+    padding = epoch_padding(table, records, node_text, model.tokenizer, settings, batch_size, args.padding_pairs,
+                            int(config["explainer_bucket_batches"]), int(config["seed"]))
 
     batched_rate, single_rate = statistics.median(batched), statistics.median(single)
     bf16_rate = statistics.median(batched_bf16)
@@ -158,6 +185,9 @@ def main() -> None:
         "float32) |",
         f"| training, s/step ({batch_size} pairs, forward + backward + AdamW), float32 | {step_fp32:.2f} s |",
         f"| training, s/step, bf16 autocast | {step_bf16:.2f} s ({step_fp32 / step_bf16:.2f}x faster) |",
+        f"| training tokens per epoch with padding, shuffled batches | {padding['shuffled']:,} |",
+        f"| training tokens per epoch with padding, length buckets | {padding['bucketed']:,} "
+        f"({padding['shuffled'] / padding['bucketed']:.2f}x fewer; {padding['real']:,} without padding) |",
         f"| peak RSS after generation | {generation_rss:.0f} MiB |",
         f"| peak RSS after training | {training_rss:.0f} MiB |",
     ]
@@ -168,7 +198,8 @@ def main() -> None:
         f"{prompt_tokens:.0f} tokens on average; {args.rounds} alternating rounds, per-round tokens/s batched "
         f"{[round(rate, 1) for rate in batched]}, one by one {[round(rate, 1) for rate in single]}, batched bf16 "
         f"{[round(rate, 1) for rate in batched_bf16]}. Training: examples of {train_tokens:.0f} tokens on average, "
-        f"medians of {len(step_seconds['float32'])} steps per precision after one warm-up step each.", "",
+        f"medians of {len(step_seconds['float32'])} steps per precision after one warm-up step each. Padding: "
+        f"{padding['pairs']} train pairs in batches of {batch_size}.", "",
         f"Command: `{command.strip()}`", ""]
     report = "\n".join(lines)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
