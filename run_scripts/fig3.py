@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table1 import make_config  # noqa: E402  (the shared machinery of the tables)
+from table1 import add_budget_arguments, make_config, parse_budget, test_pairs  # noqa: E402  (the shared machinery of the tables)
 
 
 def plot(scores: dict, ks: list, target: Path) -> None:
@@ -43,24 +43,15 @@ def plot(scores: dict, ks: list, target: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="xrec-amazon")
-    parser.add_argument("--data_path", default="dataset")
+    add_budget_arguments(parser, train_pairs=0, test_pairs=0)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--train_pairs", type=int, default=0, help="0: all train pairs")
-    parser.add_argument("--test_pairs", type=int, default=0, help="0: the whole test split")
-    parser.add_argument("--valid_pairs", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--metrics", nargs="+", default=["bertscore", "usr", "grounding"])
-    parser.add_argument("--out", default=None)
-    args, overrides = parser.parse_known_args()
-    args.train_pairs = args.train_pairs or None
-    command = "python run_scripts/fig3.py " + " ".join(sys.argv[1:])
-    sys.argv = [sys.argv[0], *overrides, "--path_k=5"]  # RecBole's Config reads --key=value from argv
+    args, command = parse_budget(parser, "fig3.py")
+    sys.argv.append("--path_k=5")  # every k's first paths out of the same top-5
 
     from recbole_mmprefer.artifacts import run_dir
     from recbole_mmprefer.evaluation.evaluate import evaluate
     from recbole_mmprefer.explainer.generate import generate_explanations
-    from recbole_mmprefer.explainer.pair_data import load_table
     from recbole_mmprefer.explainer.train import train_explainer
     from recbole_mmprefer.retrieval.collect import collect_paths
     from recbole_mmprefer.utils import read_json
@@ -68,9 +59,7 @@ def main() -> None:
     config = make_config(args, {})
     collect_paths(config)
     base_dir = run_dir(config) / "fig3"
-    test = load_table(config).query("split == 'test'")
-    test = test.head(args.test_pairs) if args.test_pairs > 0 else test
-    pairs = list(zip(test["user_id"], test["item_id"]))
+    pairs = test_pairs(config, args.test_pairs)
     files = {}
     for k in args.ks:
         system = make_config(args, {"explainer_paths": k})
@@ -85,7 +74,7 @@ def main() -> None:
     text = (report_dir / "table.md").read_text(encoding="utf-8")
     text += (f"\n\nFigure: {target.with_suffix('.png').name} (BERT P and R against k). Each k trained on "
              f"{args.train_pairs or 'all'} train pairs for {args.epochs} epoch(s), explained {len(pairs)} test "
-             f"pairs.\n\nCommand: `{command.strip()}`\n")
+             f"pairs.\n\nCommand: `{command}`\n")
     target.write_text(text, encoding="utf-8")
     print(text)
 

@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import List, Tuple
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +58,35 @@ def make_config(args, overrides: dict):
         "eval_metrics": args.metrics, **overrides})
 
 
+def add_budget_arguments(parser: argparse.ArgumentParser, train_pairs: int, test_pairs: int) -> None:
+    """The options every table script shares: data set, budget (0 pairs: all of them) and output."""
+    parser.add_argument("--dataset", default="xrec-amazon")
+    parser.add_argument("--data_path", default="dataset")
+    parser.add_argument("--train_pairs", type=int, default=train_pairs, help="train pairs per system (0: all)")
+    parser.add_argument("--test_pairs", type=int, default=test_pairs, help="test pairs explained (0: all)")
+    parser.add_argument("--valid_pairs", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--out", default=None)
+
+
+def parse_budget(parser: argparse.ArgumentParser, script: str) -> Tuple[argparse.Namespace, str]:
+    """(arguments, the command line for the report); --key=value overrides are left in sys.argv for Config."""
+    args, overrides = parser.parse_known_args()
+    args.train_pairs = args.train_pairs or None
+    command = f"python run_scripts/{script} " + " ".join(sys.argv[1:])
+    sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value from argv
+    return args, command.strip()
+
+
+def test_pairs(config, count: int) -> List[Tuple[str, str]]:
+    """The first ``count`` test pairs of the run's explanation table (0: all)."""
+    from recbole_mmprefer.explainer.pair_data import load_table
+
+    test = load_table(config).query("split == 'test'")
+    test = test.head(count) if count > 0 else test
+    return list(zip(test["user_id"], test["item_id"]))
+
+
 def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder_name=None) -> tuple:
     """(generation file, seconds training, seconds generating) of one system (``config``: a run of its own)."""
     from recbole_mmprefer.explainer.generate import generate_explanations
@@ -74,29 +104,18 @@ def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="xrec-amazon")
-    parser.add_argument("--data_path", default="dataset")
-    parser.add_argument("--train_pairs", type=int, default=320)
-    parser.add_argument("--test_pairs", type=int, default=100)
-    parser.add_argument("--valid_pairs", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=1)
+    add_budget_arguments(parser, train_pairs=320, test_pairs=100)
     parser.add_argument("--systems", nargs="+", default=["full", "no_graph", "no_paths", "zero_shot"],
                         choices=list(SYSTEMS))
     parser.add_argument("--metrics", nargs="+", default=["bertscore", "bleu", "rouge_l", "usr", "likelihood"])
-    parser.add_argument("--out", default=None)
-    args, overrides = parser.parse_known_args()
-    command = "python run_scripts/table1.py " + " ".join(sys.argv[1:])
-    sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value from argv
+    args, command = parse_budget(parser, "table1.py")
 
     from recbole_mmprefer.artifacts import run_dir
     from recbole_mmprefer.evaluation.evaluate import evaluate
-    from recbole_mmprefer.explainer.pair_data import load_table
 
     config = make_config(args, {})
     base_dir = run_dir(config) / "table1"
-    test = load_table(config).query("split == 'test'")
-    test = test.head(args.test_pairs) if args.test_pairs > 0 else test
-    pairs = list(zip(test["user_id"], test["item_id"]))
+    pairs = test_pairs(config, args.test_pairs)
     files, timings = {}, []
     for name in args.systems:
         out, train_seconds, generate_seconds = run_system(args, name, base_dir, pairs)
@@ -113,7 +132,7 @@ def main() -> None:
              f"(validation loss on {args.valid_pairs} valid pairs), then explained the first {len(pairs)} test "
              "pairs. Minutes of this run (0 where a stage was up to date):\n\n"
              "| system | training | generation |\n|---|---|---|\n" + "\n".join(timings)
-             + f"\n\nCommand: `{command.strip()}`\n")
+             + f"\n\nCommand: `{command}`\n")
     target.write_text(text, encoding="utf-8")
     shutil.copy(report_dir / "distributions.png", target.with_suffix(".png"))
     print(text)

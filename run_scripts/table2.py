@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table1 import LABELS, make_config, run_system  # noqa: E402  (the shared machinery of the tables)
+from table1 import LABELS, add_budget_arguments, make_config, parse_budget, run_system, test_pairs  # noqa: E402  (the shared machinery of the tables)
 
 ROWS = ["full", "gcn", "gt", "no_graph", "no_lora", "no_multisid", "no_paths"]
 PAIRED_METRICS = ["bertscore_precision", "bertscore_recall", "bertscore_f1"]
@@ -61,30 +61,18 @@ def no_multisid_config(args, base_dir: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="xrec-amazon")
-    parser.add_argument("--data_path", default="dataset")
-    parser.add_argument("--train_pairs", type=int, default=0, help="0: all train pairs")
-    parser.add_argument("--test_pairs", type=int, default=0, help="0: the whole test split")
-    parser.add_argument("--valid_pairs", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=1)
+    add_budget_arguments(parser, train_pairs=0, test_pairs=0)
     parser.add_argument("--systems", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--metrics", nargs="+", default=["bertscore", "bleu", "rouge_l", "usr", "grounding"])
-    parser.add_argument("--out", default=None)
-    args, overrides = parser.parse_known_args()
-    args.train_pairs = args.train_pairs or None
-    command = "python run_scripts/table2.py " + " ".join(sys.argv[1:])
-    sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value from argv
+    args, command = parse_budget(parser, "table2.py")
 
     from recbole_mmprefer.artifacts import run_dir
     from recbole_mmprefer.evaluation.evaluate import evaluate
     from recbole_mmprefer.evaluation.paired import paired_table
-    from recbole_mmprefer.explainer.pair_data import load_table
 
     config = make_config(args, {})
     base_dir = run_dir(config) / "table2"
-    test = load_table(config).query("split == 'test'")
-    test = test.head(args.test_pairs) if args.test_pairs > 0 else test
-    pairs = list(zip(test["user_id"], test["item_id"]))
+    pairs = test_pairs(config, args.test_pairs)
     files = {}
     for name in args.systems:
         with own_run_argv() if name == "no_multisid" else contextlib.nullcontext():
@@ -100,7 +88,7 @@ def main() -> None:
         text += ("\n\n## Each row minus the full model (paired over the same rows, mean +- standard error)\n\n"
                  + paired_table(report_dir, LABELS["full"], list(files), PAIRED_METRICS))
     text += (f"\n\nEach system trained on {args.train_pairs or 'all'} train pairs for {args.epochs} epoch(s) and "
-             f"explained {len(pairs)} test pairs.\n\nCommand: `{command.strip()}`\n")
+             f"explained {len(pairs)} test pairs.\n\nCommand: `{command}`\n")
     target = Path(args.out or HERE.parent / "results" / f"table2_{args.dataset}.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
