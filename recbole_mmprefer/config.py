@@ -157,6 +157,8 @@ def stage_config(dataset: str, config_files: Optional[List[str]] = None, overrid
     with _argv(overrides):
         config = Config(model=STAGE_MODEL, dataset=dataset, config_file_list=config_files)
     init_seed(config["seed"], config["reproducibility"])
+    # RecBole checks then creates ./log/<model>: two ranks starting together race on it
+    Path("log", config["model"]).mkdir(parents=True, exist_ok=True)
     init_logger(config)
     return config
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, Hashable, Iterable, Iterator, List, Sequence, Tuple
 
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.utils import not_utf8
 
 ENCODING = "utf-8"
 
@@ -34,8 +35,7 @@ def _decode(path: Path, number: int, offset: int, raw: bytes) -> str:
     try:
         return raw.decode(ENCODING)
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}, line {number} (byte {offset + error.start}): byte {raw[error.start]:#04x} is not "
-                         f"UTF-8 text; JSON-lines files are read as {ENCODING}") from None
+        raise not_utf8(path, number, offset + error.start, raw[error.start], "JSON-lines files", ENCODING) from None
 
 
 def _parse(path: Path, number: int, offset: int, text: str) -> dict:

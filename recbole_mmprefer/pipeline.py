@@ -27,12 +27,11 @@ from typing import Dict, List, Optional, Tuple
 from recbole_mmprefer.artifacts import (
     ARTIFACTS,
     dataset_file,
-    explanation_table_file,
     has_explanation_table,
     node_profile_folder,
 )
 from recbole_mmprefer.data.atomic import in_time_order, is_last_of_user, read_atomic_file
-from recbole_mmprefer.data.explanations import SPLITS, read_explanation_table, read_node_profiles
+from recbole_mmprefer.data.explanations import SPLITS, read_node_profiles
 from recbole_mmprefer.data.profiles import build_profiles, recorded_run
 from recbole_mmprefer.retrieval.inputs import write_pair_file
 from recbole_mmprefer.settings import StageSettings, check_bool, check_choice, check_int
@@ -139,9 +138,10 @@ def write_pipeline_report(config, generations: Path, evaluation: Optional[Path],
     graph, text = load_graph(config), NodeText.from_config(config)
     records = {(r["user_id"], r["item_id"]): r for r in read_run_paths(config)}
     explained = read_generations(generations)
-    rows = select_rows(load_optional_table(config), [], None, list(zip(explained["user_id"], explained["item_id"])))
+    table = load_optional_table(config)
+    rows = select_rows(table, [], None, list(zip(explained["user_id"], explained["item_id"])))
     grounding = grounding_scores(list(explained["explanation"]), pair_inputs(rows, list(records.values()), text))
-    references = _references(config)
+    references = {} if table is None else dict(zip(zip(table["user_id"], table["item_id"]), table["explanation"]))
     sections: List[Dict[str, str]] = []
     for row, (user, item, explanation) in enumerate(explained.head(pairs).itertuples(index=False, name=None)):
         result = PathResult.from_record(records[(user, item)])
@@ -159,13 +159,6 @@ def write_pipeline_report(config, generations: Path, evaluation: Optional[Path],
         (staging / "report.html").write_text(_html(config, sections, evaluation, summary), encoding="utf-8")
     logger.info("Pipeline report: %s", out_dir / "report.html")
     return out_dir
-
-
-def _references(config) -> Dict[Tuple[str, str], str]:
-    if not has_explanation_table(config):
-        return {}
-    table = read_explanation_table(explanation_table_file(config))
-    return dict(zip(zip(table["user_id"], table["item_id"]), table["explanation"]))
 
 
 def _markdown(config, sections: List[Dict[str, str]], generations: Path, evaluation: Optional[Path],

@@ -66,18 +66,21 @@ def write_lines(path: Path, lines: List[str]) -> None:
         handle.writelines(f"{line}\n" for line in lines)
 
 
-def read_text(path: Path, kind: str = "text files") -> str:
-    """The file's text; bytes that are not UTF-8 are an InputError naming the line, the byte offset and that
-    ``kind`` are read as UTF-8."""
+def not_utf8(path: Path, line: int, offset: int, value: int, kind: str, encoding: str = "UTF-8"):
+    """The InputError for a byte that is not UTF-8: file, line, byte offset, and how ``kind`` are read."""
     from recbole_mmprefer.errors import InputError
 
+    return InputError(f"{path}, line {line} (byte {offset}): byte {value:#04x} is not UTF-8 text; {kind} are read "
+                      f"as {encoding}")
+
+
+def read_text(path: Path, kind: str = "text files") -> str:
+    """The file's text; bytes that are not UTF-8 are an InputError (:func:`not_utf8`)."""
     data = Path(path).read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise InputError(f"{path}, line {line} (byte {error.start}): byte {data[error.start]:#04x} is not UTF-8 "
-                         f"text; {kind} are read as UTF-8") from None
+        raise not_utf8(path, data.count(b"\n", 0, error.start) + 1, error.start, data[error.start], kind) from None
 
 
 def read_lines(path: Path, kind: str = "text files") -> List[str]:

@@ -29,6 +29,7 @@ from typing import Dict, Iterable, Mapping, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from recbole_mmprefer.artifacts import explanation_table_name
 from recbole_mmprefer.data.atomic import read_atomic_file
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.jsonl import read_jsonl
@@ -42,7 +43,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # control characters that ar
 
 def explanation_table_path(data_dir: Path, name: str) -> Path:
     """The table in a data set's folder (a run reads :func:`recbole_mmprefer.artifacts.explanation_table_file`)."""
-    return Path(data_dir) / f"{name}.expl.jsonl"
+    return Path(data_dir) / explanation_table_name(name)
 
 
 def single_line(text: str) -> str:

@@ -11,6 +11,7 @@ was trained with. How to train (:class:`TrainingSettings`) and how to decode
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ DECODINGS = ("greedy", "beam", "sample")
 CONFIG_FILE = "explainer_config.json"
 
 
+@functools.lru_cache(maxsize=1)
 def bf16_supported() -> bool:
     """Whether bfloat16 runs fast here: a CUDA device with bf16, or a CPU with AVX512-BF16 or AMX-BF16."""
     import torch

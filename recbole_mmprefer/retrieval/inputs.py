@@ -23,7 +23,7 @@ from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.model.export import read_vectors
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.retrieval.graph import InteractionGraph
-from recbole_mmprefer.utils import file_sha256, json_sha256, read_lines
+from recbole_mmprefer.utils import file_sha256, json_sha256, read_lines, write_lines
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ def read_pair_file(path: Path) -> List[Pair]:
 def write_pair_file(path: Path, pairs: List[Pair]) -> None:
     """The file :func:`read_pair_file` reads."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{line}\n" for line in ["user_id\titem_id", *[f"{u}\t{i}" for u, i in pairs]]),
-                    encoding="utf-8")
+    write_lines(path, ["user_id\titem_id", *[f"{user}\t{item}" for user, item in pairs]])
 
 
 def check_pairs(pairs: List[Pair], graph: InteractionGraph, source: str) -> None:
