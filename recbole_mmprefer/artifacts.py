@@ -162,7 +162,7 @@ ARTIFACTS: Dict[str, Artifact] = _declare(
     Artifact("profiles", "profiles", ("report.json",), "mmprefer profiles --dataset {dataset}", "node profiles"),
     Artifact("graph", "graph", ("graph.npz",), "mmprefer paths --dataset {dataset}", "training graph"),
     Artifact("paths", "paths", ("paths.jsonl",), "mmprefer paths --dataset {dataset}", "retrieval paths"),
-    Artifact("explainer", "explainer", ("adapter.pt", "explainer_config.json"),
+    Artifact("explainer", "explainer", ("adapter.safetensors", "explainer_config.json"),
              "mmprefer train --dataset {dataset}", "trained explainer"),
     Artifact("generations", "generations", ("{name}.jsonl",), "mmprefer generate --dataset {dataset}",
              "generated explanations", is_file=True),

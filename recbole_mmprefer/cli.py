@@ -130,10 +130,11 @@ def cmd_train(args: argparse.Namespace, overrides: List[str]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.explainer.checkpoints import resolve_explainer
     from recbole_mmprefer.explainer.generate import generate_explanations
 
     config = stage_config(args, overrides)
-    out_file = generate_explanations(config, model_dir=Path(args.model_dir) if args.model_dir else None,
+    out_file = generate_explanations(config, model_dir=resolve_explainer(args.model_dir) if args.model_dir else None,
                                      split=args.split, out_file=Path(args.out_file) if args.out_file else None,
                                      force=args.force)
     getLogger().info("generations: %s", out_file)
@@ -216,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
     generate = stage("generate", "Write explanations for a split's pairs to <run_dir>/generations/ "
                      "(zero-shot without --model_dir)", force_help="generate again even when up to date")
-    generate.add_argument("--model_dir", default=None, help="a trained explainer (default: zero-shot, frozen LLM)")
+    generate.add_argument("--model_dir", default=None, help="a trained explainer's folder, or 'bundled' (the "
+                          "adapter shipped in the wheel); default: zero-shot, the frozen LLM")
     generate.add_argument("--split", choices=["train", "valid", "test"], default=None,
                           help="explanation-table split (default: explainer_generation_split)")
     generate.add_argument("--out_file", default=None, help="the generation file (JSON lines)")

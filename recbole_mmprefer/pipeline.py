@@ -10,7 +10,9 @@
    first ``pipeline_pairs`` users in token order;
 4. retrieval paths for those pairs;
 5. the explainer: trained on the train split when the data set has
-   explanations, otherwise zero-shot (frozen LLM, text paths);
+   explanations, otherwise ``pipeline_explainer``: the adapter shipped in the
+   wheel (``bundled``, tuned on the XRec train splits with text paths),
+   ``zero-shot`` (the frozen LLM, text paths) or a trained explainer's folder;
 6. generation, and the evaluation when references exist;
 7. a report (``<run_dir>/report/report.md`` and ``report.html``) with a few
    pairs: their paths drawn, the explanation, the reference and the scores.
@@ -29,10 +31,13 @@ from recbole_mmprefer.artifacts import (
     dataset_file,
     has_explanation_table,
     node_profile_folder,
+    read_meta_at,
 )
 from recbole_mmprefer.data.atomic import in_time_order, is_last_of_user, read_atomic_file
 from recbole_mmprefer.data.explanations import SPLITS, read_node_profiles
 from recbole_mmprefer.data.profiles import build_profiles, recorded_run
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.explainer.settings import BUNDLED, ZERO_SHOT
 from recbole_mmprefer.retrieval.inputs import write_pair_file
 from recbole_mmprefer.settings import StageSettings, check_bool, check_choice, check_int
 from recbole_mmprefer.utils import file_sha256, json_sha256
@@ -49,13 +54,32 @@ class PipelineSettings(StageSettings):
     split: str
     pairs: int
     train: bool
+    explainer: str
     report_pairs: int
 
     def __post_init__(self):
         self.split = check_choice("pipeline_split", self.split, SPLITS)
         self.pairs = check_int("pipeline_pairs", self.pairs, 1)
         self.train = check_bool("pipeline_train", self.train)
+        self.explainer = check_explainer_choice(self.explainer)
         self.report_pairs = check_int("pipeline_report_pairs", self.report_pairs, 0)
+
+
+def check_explainer_choice(value) -> str:
+    """``pipeline_explainer``: bundled, zero-shot, or an existing folder."""
+    text = "" if value is None else str(value).strip()
+    if text in (BUNDLED, ZERO_SHOT) or (text and Path(text).expanduser().is_dir()):
+        return text
+    raise InputError(f"pipeline_explainer must be {BUNDLED}, {ZERO_SHOT} or a trained explainer's folder, got "
+                     f"{value!r}" + (f" (no folder {Path(text).expanduser().absolute()})" if text else ""))
+
+
+def describe_explainer(model_dir: Optional[Path]) -> str:
+    """What wrote a run's explanations, for logs and the report."""
+    if model_dir is None:
+        return "the frozen LLM, zero-shot (no tuning)"
+    meta = read_meta_at(model_dir) or {}
+    return meta.get("description") or f"the explainer tuned in {model_dir}"
 
 
 def ensure_recommender(config, force: bool) -> None:
@@ -102,6 +126,7 @@ def pairs_to_explain(config, settings: PipelineSettings) -> Tuple[Optional[str],
 
 def run_pipeline(config, force: bool = False) -> Path:
     """All stages for ``config["dataset"]``; returns the report folder."""
+    from recbole_mmprefer.explainer.checkpoints import resolve_explainer
     from recbole_mmprefer.explainer.generate import generate_explanations
     from recbole_mmprefer.explainer.train import train_explainer
     from recbole_mmprefer.retrieval.collect import collect_paths
@@ -112,19 +137,20 @@ def run_pipeline(config, force: bool = False) -> Path:
     split, pair_file = pairs_to_explain(config, settings)
     collect_paths(config, split=split, pairs_file=pair_file)
     has_table = pair_file is None
-    model_dir = None
-    if has_table and settings.train:
-        model_dir = train_explainer(config)
+    model_dir = train_explainer(config) if has_table and settings.train else resolve_explainer(settings.explainer)
+    logger.info("Explaining with %s", describe_explainer(model_dir))
     generations = generate_explanations(config, model_dir=model_dir, split=split)
     evaluation = None
     if has_table:
         from recbole_mmprefer.evaluation.evaluate import evaluate
 
         evaluation = evaluate(config, {"mmp-refer": generations}, split=split)
-    return write_pipeline_report(config, generations, evaluation, settings.report_pairs)
+    return write_pipeline_report(config, generations, evaluation, settings.report_pairs,
+                                 describe_explainer(model_dir))
 
 
-def write_pipeline_report(config, generations: Path, evaluation: Optional[Path], pairs: int) -> Path:
+def write_pipeline_report(config, generations: Path, evaluation: Optional[Path], pairs: int,
+                          explainer: str = "") -> Path:
     """report.md and report.html: the first ``pairs`` pairs with their paths, drawings and texts."""
     from recbole_mmprefer.data.generations import read_generations
     from recbole_mmprefer.data.node_text import NodeText
@@ -149,7 +175,8 @@ def write_pipeline_report(config, generations: Path, evaluation: Optional[Path],
                          "svg": svg(graph, result, text, size=420), "explanation": explanation,
                          "grounding": f"{grounding.per_sample[row]:.2f}",
                          "reference": references.get((user, item), "")})
-    summary = (f"Grounding (the share of an explanation's content words found in its pair's inputs: title, profiles, "
+    summary = (f"Explained by {explainer}. " if explainer else "") + (
+               f"Grounding (the share of an explanation's content words found in its pair's inputs: title, profiles, "
                f"path nodes): mean {grounding.mean:.3f}, std {grounding.std:.3f} over {len(explained)} explanations.")
     out_dir = ARTIFACTS["report"].dir(config)
     input_hash = json_sha256({"generations": file_sha256(generations), "sections": sections})

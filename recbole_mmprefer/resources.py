@@ -1,4 +1,4 @@
-"""Locations of the YAML files that ship with the package.
+"""Locations of the files that ship with the package: YAML defaults and the bundled explainer adapter.
 
 ``properties/`` and ``dataset_configs/`` stand at the top of the repository and
 are installed as the packages ``recbole_mmprefer.properties`` and
@@ -25,6 +25,11 @@ def _data_dir(folder: str) -> Path:
         return checkout
     root = importlib.resources.files(f"recbole_mmprefer.{folder}")
     return Path(str(root))
+
+
+def bundled_explainer_dir() -> Path:
+    """The explainer adapter shipped in the wheel (``run_scripts/train_bundled_explainer.py`` makes it)."""
+    return Path(__file__).resolve().parent / "bundled" / "explainer"
 
 
 def properties_dir() -> Path:

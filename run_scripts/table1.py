@@ -21,6 +21,7 @@ Systems (ablations are config switches, design section 8):
   no_lora    frozen LLM; the graph soft prompt trains ("w/o LoRA")
   gcn        as full, with a GCN instead of the GAT
   gt         as full, with a graph transformer instead of the GAT
+  full_neutral  as full, the soft prompt starting as a no-op (explainer_soft_prompt_start: neutral)
   zero_shot  the frozen LLM with text paths, nothing trained
 """
 
@@ -42,10 +43,12 @@ SYSTEMS = {
     "no_lora": {"explainer_lora": False},
     "gcn": {"explainer_gnn": "gcn"},
     "gt": {"explainer_gnn": "transformer"},
+    "full_neutral": {"explainer_soft_prompt_start": "neutral"},
     "zero_shot": None,  # no training: generate_explanations without a model folder
 }
 LABELS = {"full": "MMP-Refer (ours)", "no_graph": "w/o graph level", "no_paths": "w/o paths",
           "no_lora": "w/o LoRA", "gcn": "GCN encoder", "gt": "GT encoder", "no_multisid": "w/o Multi-SID",
+          "full_neutral": "ours, neutral soft-prompt start",
           "zero_shot": "zero-shot (no tuning)"}
 
 

@@ -143,3 +143,24 @@ def test_items_sharing_one_feature_vector_are_reported_loudly(caplog):
         warn_if_constant({"text": constant}, id_embedding_size=16)  # an ID part tells them apart
         warn_if_constant({"text": torch.randn(11, 4)}, id_embedding_size=0)
     assert caplog.text == ""
+
+
+def test_fused_activation_gives_recboles_scores_and_gradients(prepared):
+    """The feed-forward GELU is torch's fused kernel; swapping RecBole's own back changes nothing but rounding."""
+    config, _, (train_data, _, test_data) = prepared
+    model = build_model(config, train_data).eval()
+    feed_forward = model.trm_encoder.layer[0].feed_forward
+    assert feed_forward.intermediate_act_fn is torch.nn.functional.gelu
+    batch = next(iter(test_data))[0]
+
+    def scores_and_gradient():
+        model.zero_grad()
+        scores = model.full_sort_predict(batch)
+        scores.sum().backward()
+        return scores.detach(), feed_forward.dense_1.weight.grad.clone()
+
+    fused = scores_and_gradient()
+    feed_forward.intermediate_act_fn = feed_forward.gelu  # RecBole's x * 0.5 * (1 + erf(x / sqrt 2))
+    recbole = scores_and_gradient()
+    assert torch.allclose(fused[0], recbole[0], atol=1e-5) and torch.allclose(fused[1], recbole[1], atol=1e-5)
+    assert fused[1].abs().sum() > 0

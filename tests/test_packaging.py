@@ -1,4 +1,5 @@
-"""properties/ and dataset_configs/ ship inside the wheel and are found from a non-editable install."""
+"""properties/, dataset_configs/ and the bundled explainer ship inside the wheel and are found from a non-editable
+install."""
 
 from __future__ import annotations
 
@@ -21,14 +22,18 @@ def test_wheel_ships_yaml_defaults_and_finds_them(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "recbole_mmprefer/properties/model/MMPSASRec.yaml" in names
     assert "recbole_mmprefer/dataset_configs/ml-100k.yaml" in names
+    for name in ("adapter.safetensors", "explainer_config.json", "meta.json"):
+        assert f"recbole_mmprefer/bundled/explainer/{name}" in names
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, timeout=300)
     probe = ("from recbole_mmprefer.resources import model_property_file, dataset_config_file;"
-             "print(model_property_file('MMPSASRec')); print(dataset_config_file('ml-100k'))")
+             "print(model_property_file('MMPSASRec')); print(dataset_config_file('ml-100k'));"
+             "from recbole_mmprefer.explainer.checkpoints import resolve_explainer; print(resolve_explainer('bundled'))")
     env = {**os.environ, "PYTHONPATH": str(target)}
     output = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
                             check=True).stdout.split()
     assert output == [str(target / "recbole_mmprefer" / "properties" / "model" / "MMPSASRec.yaml"),
-                      str(target / "recbole_mmprefer" / "dataset_configs" / "ml-100k.yaml")]
+                      str(target / "recbole_mmprefer" / "dataset_configs" / "ml-100k.yaml"),
+                      str(target / "recbole_mmprefer" / "bundled" / "explainer")]

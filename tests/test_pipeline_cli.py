@@ -51,7 +51,8 @@ def test_mmprefer_run_on_a_data_set_without_explanations_goes_zero_shot(tmp_path
     llama = write_tiny_llama(tmp_path / "tiny-llama")
     config = tiny_config(root, text_encoder=str(tiny_encoder), run_dir=str(tmp_path / "run"), llm_path=str(llama),
                          pipeline_pairs=4, pipeline_report_pairs=2, explainer_max_length=160,
-                         explainer_max_new_tokens=5, profile_item_fields=["title", "genre"])
+                         explainer_max_new_tokens=5, profile_item_fields=["title", "genre"],
+                         pipeline_explainer="zero-shot")
     config_file = write_config_file(tmp_path / "tiny.yaml", config)
     assert mmprefer(["run", "--dataset", "tiny", "--config_files", str(config_file)]) == 0
     run = tmp_path / "run"
@@ -62,6 +63,7 @@ def test_mmprefer_run_on_a_data_set_without_explanations_goes_zero_shot(tmp_path
     assert list(generations["user_id"]) == ["u0", "u1", "u2", "u3"]
     report = (run / "report" / "report.md").read_text()
     assert "No reference explanations" in report and report.count("## user ") == 2
+    assert "Explained by the frozen LLM, zero-shot" in report
     assert "<svg" in (run / "report" / "report.html").read_text()
 
 

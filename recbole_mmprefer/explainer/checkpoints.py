@@ -8,7 +8,7 @@ an epoch, every ``explainer_checkpoint_steps`` steps,
 ``n``, plus the step losses so far and the random state (``rng.pt``), so a
 resumed run skips those steps and continues as if it had never stopped; it is
 replaced by the next one and removed when the epoch ends. When
-training ends, ``adapter.pt`` (the trainable weights only), ``explainer_config.json``
+training ends, ``adapter.safetensors`` (the trainable weights only), ``explainer_config.json``
 (:class:`~recbole_mmprefer.explainer.settings.ExplainerConfig`, as peft saves
 ``adapter_config.json``) and, last, ``meta.json`` are written; a folder is a
 trained explainer once its meta is there. :func:`load_explainer` needs nothing
@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from recbole_mmprefer.artifacts import ARTIFACTS, read_meta_at
-from recbole_mmprefer.errors import TrainingDiverged
+from recbole_mmprefer.errors import MissingInputError, TrainingDiverged
 from recbole_mmprefer.explainer.model import ExplainerModel
-from recbole_mmprefer.explainer.settings import ExplainerConfig
+from recbole_mmprefer.explainer.settings import BUNDLED, ZERO_SHOT, ExplainerConfig
+from recbole_mmprefer.resources import bundled_explainer_dir
 from recbole_mmprefer.utils import atomic_directory, read_json, write_json
 
-ADAPTER_FILE = "adapter.pt"
+ADAPTER_FILE = "adapter.safetensors"
 CHECKPOINT = re.compile(r"^checkpoint-epoch(\d+)(?:-step(\d+))?$")
 END_OF_EPOCH = 1 << 62  # sorts an epoch's own checkpoint after its mid-epoch ones
 
@@ -101,9 +103,9 @@ def restore_random_state(checkpoint: Checkpoint) -> None:
 
 
 def save_adapter(out_dir: Path, model: ExplainerModel, settings: ExplainerConfig) -> None:
-    """``adapter.pt`` and ``explainer_config.json``, each replaced atomically (the meta comes after them)."""
+    """``adapter.safetensors`` and ``explainer_config.json``, each replaced atomically (the meta comes after them)."""
     temporary = Path(out_dir) / f".{ADAPTER_FILE}.tmp-{os.getpid()}"
-    torch.save(model.trainable_state_dict(), temporary)
+    save_file(model.trainable_state_dict(), str(temporary))
     os.replace(temporary, Path(out_dir) / ADAPTER_FILE)
     settings.save(out_dir)
 
@@ -129,6 +131,20 @@ def require_trained(model_dir: Path) -> Path:
     return model_dir
 
 
+def resolve_explainer(choice: str) -> Optional[Path]:
+    """The explainer folder a choice names: ``bundled`` (the adapter shipped in the wheel), ``zero-shot`` (None:
+    the frozen LLM) or a folder of :func:`train_explainer`; the error names what is missing."""
+    if choice == ZERO_SHOT:
+        return None
+    if choice == BUNDLED:
+        folder = bundled_explainer_dir()
+        if read_meta_at(folder) is None:
+            raise MissingInputError(f"this installation has no bundled explainer adapter ({folder} is empty): "
+                                    "`python run_scripts/train_bundled_explainer.py` makes it, or choose zero-shot")
+        return require_trained(folder)
+    return require_trained(Path(choice).expanduser())
+
+
 def load_explainer(config, model_dir: Path, feature_dim: Optional[int] = None,
                    device: Optional[str] = None) -> Tuple[ExplainerModel, dict]:
     """The trained explainer of ``model_dir`` (built from its ``explainer_config.json``) and its meta.
@@ -137,5 +153,5 @@ def load_explainer(config, model_dir: Path, feature_dim: Optional[int] = None,
     model_dir = require_trained(model_dir)
     meta = read_meta_at(model_dir)
     model = ExplainerModel.build(ExplainerConfig.load(model_dir, config), feature_dim, device=device)
-    model.load_trainable_state_dict(torch.load(model_dir / ADAPTER_FILE, map_location="cpu", weights_only=True))
+    model.load_trainable_state_dict(load_file(str(model_dir / ADAPTER_FILE)))
     return model.eval(), meta

