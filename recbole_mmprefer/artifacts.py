@@ -172,6 +172,8 @@ ARTIFACTS: Dict[str, Artifact] = _declare(
              "pairs chosen by mmprefer run"),
     Artifact("report", "report", ("report.md", "report.html"), "mmprefer run --dataset {dataset}",
              "pipeline report"),
+    Artifact("preferences", "preferences/{name}", ("samples.jsonl", "report.json"),
+             "mmprefer preferences --dataset {dataset}", "preference samples"),
 )
 
 # Reply caches: append-only JSON lines, kept across runs, never stale (keyed by model and prompt).

@@ -86,6 +86,18 @@ def cmd_profiles(args: argparse.Namespace, overrides: List[str]) -> None:
     getLogger().info("profiles: %s", json.dumps(report, default=str))
 
 
+def cmd_preferences(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.data.preferences import build_preferences, import_preferences
+
+    config = stage_config(args, overrides)
+    if args.tallrec_json:
+        out_dir = import_preferences(config, Path(args.tallrec_json), split=args.split, name=args.name,
+                                     match_titles=not args.no_title_match)
+    else:
+        out_dir = build_preferences(config, force=args.force)
+    print(f"Preference samples: {out_dir / 'samples.jsonl'}")
+
+
 def cmd_paths(args: argparse.Namespace, overrides: List[str]) -> None:
     from recbole_mmprefer.retrieval.collect import collect_paths
 
@@ -202,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     profiles.add_argument("--source", choices=["template", "llm"], default=None,
                           help="who writes the profiles (default: the config's profile_method)")
     profiles.set_defaults(handler=cmd_profiles)
+    preferences = stage("preferences", "Write TALLRec-protocol preference samples (history windows, Yes/No "
+                        "labels, 8:1:1 split, few-shot order) to <run_dir>/preferences/windows/, or import a "
+                        "published TALLRec JSON file", force_help="build the samples again even when up to date")
+    preferences.add_argument("--tallrec_json", "--tallrec-json", default=None,
+                             help="a published TALLRec file (instruction, input, output) to import instead")
+    preferences.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                             help="with --tallrec_json: the split its samples are (default test)")
+    preferences.add_argument("--name", default=None,
+                             help="with --tallrec_json: the samples' folder name (default tallrec-<file stem>)")
+    preferences.add_argument("--no_title_match", "--no-title-match", action="store_true",
+                             help="with --tallrec_json: keep titles as item ids (a domain not in this data set)")
+    preferences.set_defaults(handler=cmd_preferences)
     paths = stage("paths", "Collect the top-k retrieval paths of each pair into <run_dir>/paths/paths.jsonl",
                   force_help="recompute every pair, also those a previous run finished")
     paths.add_argument("--pairs", choices=["train", "valid", "test"], default=None,
