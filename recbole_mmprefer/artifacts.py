@@ -174,6 +174,10 @@ ARTIFACTS: Dict[str, Artifact] = _declare(
              "pipeline report"),
     Artifact("preferences", "preferences/{name}", ("samples.jsonl", "report.json"),
              "mmprefer preferences --dataset {dataset}", "preference samples"),
+    Artifact("preference_model", "preference_models/{name}", ("adapter.safetensors", "preference_config.json"),
+             "mmprefer preference-train --dataset {dataset}", "tuned preference model"),
+    Artifact("preference_scores", "preference_scores", ("{name}.jsonl",),
+             "mmprefer preference-score --dataset {dataset}", "preference scores (P(Yes) per sample)", is_file=True),
 )
 
 # Reply caches: append-only JSON lines, kept across runs, never stale (keyed by model and prompt).

@@ -98,6 +98,26 @@ def cmd_preferences(args: argparse.Namespace, overrides: List[str]) -> None:
     print(f"Preference samples: {out_dir / 'samples.jsonl'}")
 
 
+def cmd_preference_train(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.preference.train import train_preference_model
+
+    config = stage_config(args, overrides)
+    out_dir = train_preference_model(config, Path(args.out_dir) if args.out_dir else None,
+                                     samples_name=args.samples, force=args.force)
+    print(f"Preference model: {out_dir}")
+
+
+def cmd_preference_score(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.preference.score import read_auc, score_preferences
+
+    config = stage_config(args, overrides)
+    out_file = score_preferences(config, Path(args.model_dir) if args.model_dir else None, args.split,
+                                 Path(args.out_file) if args.out_file else None, samples_name=args.samples,
+                                 max_samples=args.max_samples, force=args.force)
+    meta = read_auc(out_file)
+    print(f"AUC {meta['auc']:.4f} over {meta['samples']} {args.split} samples: {out_file}")
+
+
 def cmd_paths(args: argparse.Namespace, overrides: List[str]) -> None:
     from recbole_mmprefer.retrieval.collect import collect_paths
 
@@ -226,6 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     preferences.add_argument("--no_title_match", "--no-title-match", action="store_true",
                              help="with --tallrec_json: keep titles as item ids (a domain not in this data set)")
     preferences.set_defaults(handler=cmd_preferences)
+    tune = stage("preference-train", "Tune a TALLRec preference model (LoRA, Yes/No answers) on the few-shot "
+                 "training set (preference_shots); writes <run_dir>/preference_models/tallrec-<shots>/",
+                 force_help="tune again even when up to date")
+    tune.add_argument("--samples", default="windows", help="preference samples folder (default windows)")
+    tune.add_argument("--out_dir", default=None, help="the model folder")
+    tune.set_defaults(handler=cmd_preference_train)
+    score = stage("preference-score", "P(Yes) for a split's preference samples and its AUC; writes "
+                  "<run_dir>/preference_scores/", force_help="score again even when up to date")
+    score.add_argument("--model_dir", default=None, help="a tuned preference model (default: the frozen LLM)")
+    score.add_argument("--samples", default="windows", help="preference samples folder (default windows; "
+                       "tallrec-<stem> for an imported file)")
+    score.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    score.add_argument("--max_samples", "--max-samples", type=int, default=None,
+                       help="score the first N samples of the split only (a CPU budget)")
+    score.add_argument("--out_file", default=None)
+    score.set_defaults(handler=cmd_preference_score)
     paths = stage("paths", "Collect the top-k retrieval paths of each pair into <run_dir>/paths/paths.jsonl",
                   force_help="recompute every pair, also those a previous run finished")
     paths.add_argument("--pairs", choices=["train", "valid", "test"], default=None,

@@ -181,13 +181,13 @@ class LoraSettings(StageSettings):
     targets: List[str]
 
     def __post_init__(self):
-        self.enabled = check_bool("explainer_lora", self.enabled)
-        self.r = check_int("explainer_lora_r", self.r, 1)
-        self.alpha = check_int("explainer_lora_alpha", self.alpha, 1)
-        self.dropout = check_float("explainer_lora_dropout", self.dropout, 0.0, 1.0, below_maximum=True)
-        self.targets = check_str_list("explainer_lora_targets", self.targets)
+        self.enabled = check_bool(self.key("enabled"), self.enabled)
+        self.r = check_int(self.key("r"), self.r, 1)
+        self.alpha = check_int(self.key("alpha"), self.alpha, 1)
+        self.dropout = check_float(self.key("dropout"), self.dropout, 0.0, 1.0, below_maximum=True)
+        self.targets = check_str_list(self.key("targets"), self.targets)
         if not self.targets:
-            raise InputError("explainer_lora_targets must name at least one module (Llama: q_proj, v_proj, ...)")
+            raise InputError(f"{self.key('targets')} must name at least one module (Llama: q_proj, v_proj, ...)")
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""The preference model (TALLRec, and ExplainRec's base; design section 4): a causal LM with LoRA read out at the
+first answer token.
+
+``p_yes`` is P(Yes) from a softmax over the logits of the tokenizer's own first
+tokens of "Yes." and "No." (:func:`~recbole_mmprefer.preference.prompts.answer_token_ids`)
+at the position after the prompt; ``loss`` is the NLL of the answer tokens
+(TALLRec's tuning). Only the LoRA matrices train.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from recbole_mmprefer.explainer.model import add_lora
+from recbole_mmprefer.explainer.tokens import IGNORE_INDEX
+from recbole_mmprefer.preference.prompts import answer_token_ids
+from recbole_mmprefer.preference.settings import PreferenceModelConfig
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted from each row's first real token (left padding does not shift them)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PreferenceModel(nn.Module):
+    """A causal LM (with LoRA unless disabled) scored by P(Yes) at the first answer token."""
+
+    def __init__(self, llm, tokenizer, settings: PreferenceModelConfig):
+        super().__init__()
+        for parameter in llm.parameters():
+            parameter.requires_grad_(False)
+        self.settings = settings
+        self.lora = settings.lora.enabled
+        self.llm = add_lora(llm, settings.lora) if self.lora else llm
+        self.tokenizer = tokenizer
+        self.yes_id, self.no_id = answer_token_ids(tokenizer)
+
+    @classmethod
+    def build(cls, settings: PreferenceModelConfig, device: Optional[str] = None, llm=None,
+              tokenizer=None) -> "PreferenceModel":
+        from recbole_mmprefer.llm import load_causal_lm
+
+        if llm is None:
+            llm, tokenizer = load_causal_lm(settings.llm.path, settings.llm.dtype, settings.llm.cache_dir,
+                                            device=device)
+        torch.manual_seed(settings.seed)
+        return cls(llm, tokenizer, settings)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def causal_lm(self):
+        return self.llm.get_base_model() if self.lora else self.llm
+
+    def hidden_states(self, batch: Dict[str, Tensor]) -> Tensor:
+        mask = batch["attention_mask"].to(self.device)
+        return self.causal_lm().base_model(input_ids=batch["input_ids"].to(self.device), attention_mask=mask,
+                                           position_ids=position_ids(mask)).last_hidden_state
+
+    def loss(self, batch: Dict[str, Tensor]) -> Tensor:
+        """NLL of the answer tokens (the vocabulary head only where a label is)."""
+        hidden = self.hidden_states(batch)
+        targets = batch["labels"].to(self.device)[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        logits = self.causal_lm().get_output_embeddings()(hidden[:, :-1][supervised])
+        return nn.functional.cross_entropy(logits.float(), targets[supervised])
+
+    def answer_logits(self, batch: Dict[str, Tensor]) -> Tensor:
+        """[batch, 2] logits of (Yes, No) after each left-padded prompt."""
+        hidden = self.hidden_states(batch)[:, -1]
+        head = self.causal_lm().get_output_embeddings()
+        rows = head.weight[[self.yes_id, self.no_id]]
+        logits = hidden @ rows.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[[self.yes_id, self.no_id]]
+        return logits.float()
+
+    @torch.no_grad()
+    def p_yes(self, batch: Dict[str, Tensor]) -> Tensor:
+        return torch.softmax(self.answer_logits(batch), dim=-1)[:, 0]
+
+    def trainable_state_dict(self) -> Dict[str, Tensor]:
+        return {name: parameter.detach().cpu().clone() for name, parameter in self.named_parameters()
+                if parameter.requires_grad}
+
+    def load_trainable_state_dict(self, state: Dict[str, Tensor]) -> None:
+        from recbole_mmprefer.errors import InputError
+
+        parameters = {name: parameter for name, parameter in self.named_parameters() if parameter.requires_grad}
+        if set(parameters) != set(state):
+            raise InputError(f"the preference adapter does not fit this model (LoRA settings differ?): "
+                             f"{len(set(parameters) ^ set(state))} parameter names differ")
+        with torch.no_grad():
+            for name, value in state.items():
+                parameters[name].copy_(value.to(parameters[name].device, parameters[name].dtype))

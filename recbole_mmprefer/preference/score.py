@@ -1,0 +1,112 @@
+"""Scoring preference samples (TALLRec's evaluation; ExplainRec, design section 4): `score_preferences`, AUC.
+
+Each sample of a split gets P(Yes) (:meth:`PreferenceModel.p_yes`) from a tuned
+model folder, or zero-shot from the frozen LLM (no folder); batches are formed
+from samples of similar length, left-padded. The scores are written as JSON
+lines (``index``, ``user_id``, ``item_id``, ``label``, ``p_yes``) in sample
+order with a side-car meta holding the AUC (scikit-learn's
+``roc_auc_score``; NaN when the split has one label only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, read_meta_at, write_meta
+from recbole_mmprefer.data.preferences import WINDOWS, read_preferences
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.explainer.pair_data import llm_identity
+from recbole_mmprefer.jsonl import write_jsonl
+from recbole_mmprefer.preference.model import PreferenceModel
+from recbole_mmprefer.preference.prompts import build_example, collate_left
+from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
+from recbole_mmprefer.preference.train import ADAPTER_FILE, sample_keys
+from recbole_mmprefer.utils import file_sha256, json_sha256
+
+logger = logging.getLogger(__name__)
+
+
+def auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC (scikit-learn); NaN when only one label occurs."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(int(label) for label in labels)) < 2:
+        return math.nan
+    return float(roc_auc_score(np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)))
+
+
+def load_preference_model(config, model_dir: Optional[Path]) -> PreferenceModel:
+    """The tuned model of ``model_dir`` (its saved settings), or the frozen LLM of ``config`` (None)."""
+    if model_dir is None:
+        return PreferenceModel.build(PreferenceModelConfig.from_config(config).zero_shot()).eval()
+    model_dir = Path(model_dir)
+    if read_meta_at(model_dir) is None or not (model_dir / ADAPTER_FILE).is_file():
+        raise ARTIFACTS["preference_model"].missing(model_dir, str(config["dataset"]))
+    model = PreferenceModel.build(PreferenceModelConfig.load(model_dir, config))
+    model.load_trainable_state_dict(load_file(str(model_dir / ADAPTER_FILE)))
+    return model.eval()
+
+
+def score_samples(model: PreferenceModel, samples: Sequence[dict], batch_size: int, bf16: bool) -> List[float]:
+    """P(Yes) per sample, in sample order."""
+    examples = [build_example(sample, model.tokenizer, model.settings.prompt, with_answer=False)
+                for sample in samples]
+    order = np.argsort([len(example) for example in examples], kind="stable")
+    scores = np.zeros(len(samples))
+    pad_id = int(model.tokenizer.pad_token_id)
+    for start in tqdm(range(0, len(order), batch_size), desc="P(Yes)", unit="batch"):
+        chunk = order[start:start + batch_size]
+        batch = collate_left([examples[n] for n in chunk], pad_id)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            scores[chunk] = model.p_yes(batch).cpu().numpy()
+    return scores.tolist()
+
+
+def score_preferences(config, model_dir: Optional[Path] = None, split: str = "test", out_file: Optional[Path] = None,
+                      *, samples_name: str = WINDOWS, max_samples: Optional[int] = None,
+                      force: bool = False) -> Path:
+    """Write P(Yes) for the split's samples (the first ``max_samples``); returns the file (default
+    ``<run_dir>/preference_scores/<model folder name or zeroshot>-<samples>-<split>.jsonl``)."""
+    samples = [sample for sample in read_preferences(config, samples_name) if sample["split"] == split]
+    if max_samples is not None:
+        samples = samples[:max_samples]
+    if not samples:
+        raise InputError(f"the preference samples {samples_name!r} have no {split!r} split to score")
+    name = f"{Path(model_dir).name if model_dir is not None else 'zeroshot'}-{samples_name}-{split}"
+    out_file = Path(out_file) if out_file is not None else ARTIFACTS["preference_scores"].file(config, name=name)
+    training = PreferenceTrainingSettings.from_config(config)
+    settings = (PreferenceModelConfig.load(model_dir, config) if model_dir is not None
+                else PreferenceModelConfig.from_config(config).zero_shot())
+    input_hash = json_sha256({"samples": sample_keys(samples), "settings": settings.to_config(),
+                              "llm": llm_identity(settings.llm), "bf16": training.bf16,
+                              "adapter": file_sha256(Path(model_dir) / ADAPTER_FILE) if model_dir else None})
+    if not force and is_fresh_at(out_file, input_hash, is_file=True):
+        logger.info("Preference scores are up to date in %s", out_file)
+        return out_file
+    model = load_preference_model(config, model_dir)
+    scores = score_samples(model, samples, training.score_batch_size, training.bf16)
+    records = [{"index": s["index"], "user_id": s["user_id"], "item_id": s["item_id"], "label": s["label"],
+                "p_yes": score} for s, score in zip(samples, scores)]
+    write_jsonl(out_file, records)
+    result = auc([s["label"] for s in samples], scores)
+    write_meta(out_file, input_hash, {"auc": result, "samples": len(samples), "split": split,
+                                      "samples_name": samples_name, "model_dir": str(model_dir) if model_dir else None,
+                                      "zero_shot": model_dir is None}, is_file=True)
+    logger.info("AUC %.4f over %d %s samples; scores in %s", result, len(samples), split, out_file)
+    return out_file
+
+
+def read_auc(score_file: Path) -> Dict[str, object]:
+    """The meta of a score file (``auc``, ``samples``, ...)."""
+    meta = read_meta_at(Path(score_file), is_file=True)
+    if meta is None:
+        raise InputError(f"{score_file} has no meta: it was not written by `mmprefer preference-score`")
+    return meta

@@ -1,0 +1,111 @@
+"""Tuning a preference model (TALLRec's recipe; ExplainRec, design section 4): `train_preference_model`.
+
+The few-shot training set (``preference_shots`` samples of the train split in
+their seeded ``shot_rank`` order; None: all of them) is tokenised with
+TALLRec's prompt, and LoRA is tuned on the NLL of the answer ("Yes." / "No.")
+for ``preference_epochs`` epochs with AdamW at ``preference_learning_rate``,
+``preference_batch_size`` samples per step in an order seeded by (seed, epoch),
+bfloat16 autocast where ``preference_bf16`` (auto: where the CPU has it).
+The folder gets ``adapter.safetensors`` (the LoRA weights), its
+``preference_config.json`` and, last, ``meta.json`` (input hash, losses); a
+rerun with the same inputs is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, write_meta
+from recbole_mmprefer.data.preferences import WINDOWS, few_shot, read_preferences
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.explainer.pair_data import llm_identity
+from recbole_mmprefer.explainer.train import EpochBatches
+from recbole_mmprefer.preference.model import PreferenceModel
+from recbole_mmprefer.preference.prompts import build_example, collate_left
+from recbole_mmprefer.preference.settings import (
+    PreferenceModelConfig,
+    PreferenceTrainingSettings,
+    shots_name,
+)
+from recbole_mmprefer.utils import json_sha256
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def sample_keys(samples: Sequence[dict]) -> List[list]:
+    """What the model sees of each sample (for input hashes)."""
+    return [[s["index"], s["item_id"], s["title"], s["label"], [[h["item_id"], h["title"], h["liked"]]
+                                                                 for h in s["history"]]] for s in samples]
+
+
+def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: Optional[Sequence[dict]] = None,
+                           samples_name: str = WINDOWS, force: bool = False) -> Path:
+    """Tune LoRA on the few-shot training set; returns the model folder (default
+    ``<run_dir>/preference_models/tallrec-<shots>``)."""
+    settings, training = PreferenceModelConfig.from_config(config), PreferenceTrainingSettings.from_config(config)
+    if not settings.lora.enabled:
+        raise InputError("preference_lora: False leaves nothing to tune; score zero-shot instead (no model folder)")
+    samples = read_preferences(config, samples_name) if samples is None else list(samples)
+    train = few_shot(samples, training.shots)
+    if not train:
+        raise InputError("the preference samples have no train split to tune on")
+    out_dir = Path(out_dir) if out_dir is not None else ARTIFACTS["preference_model"].dir(
+        config, name=f"tallrec-{shots_name(training.shots)}")
+    input_hash = json_sha256({"train": sample_keys(train), "settings": settings.to_config(),
+                              "training": training.to_config(), "llm": llm_identity(settings.llm)})
+    if not force and is_fresh_at(out_dir, input_hash, ARTIFACTS["preference_model"].files):
+        logger.info("The preference model is up to date in %s", out_dir)
+        return out_dir
+    started = time.perf_counter()
+    model = PreferenceModel.build(settings)
+    examples = [build_example(sample, model.tokenizer, settings.prompt, with_answer=True) for sample in train]
+    history = tune(model, examples, training, settings.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    save_file(model.trainable_state_dict(), str(out_dir / ADAPTER_FILE))
+    settings.save(out_dir)
+    write_meta(out_dir, input_hash, {
+        "system": "tallrec", "shots": training.shots, "train_samples": len(train), "history": history,
+        "settings": settings.to_config(), "training": training.to_config(), "llm": llm_identity(settings.llm),
+        "dropped_history_items": int(sum(example.dropped_history for example in examples)),
+        "seconds": round(time.perf_counter() - started, 3)})
+    logger.info("Wrote the preference model (%d train samples, final loss %.4f) to %s", len(train),
+                history[-1]["train_loss"], out_dir)
+    return out_dir
+
+
+def tune(model: PreferenceModel, examples, training: PreferenceTrainingSettings, seed: int) -> List[dict]:
+    """The training loop; returns the loss per epoch."""
+    pad_id = int(model.tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training.learning_rate)
+    sampler = EpochBatches([len(example) for example in examples], training.batch_size, seed)
+    model.train()
+    history = []
+    for epoch in range(1, training.epochs + 1):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        losses = []
+        for indices in tqdm(list(sampler), desc=f"preference epoch {epoch}/{training.epochs}", unit="batch"):
+            batch = collate_left([examples[n] for n in indices], pad_id)
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=training.bf16):
+                loss = model.loss(batch)
+            if not torch.isfinite(loss.detach()):
+                raise InputError(f"preference loss is {float(loss)} at epoch {epoch}: lower preference_learning_rate")
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(float(loss.detach()))
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses))})
+        logger.info("preference epoch %d/%d: train loss %.4f", epoch, training.epochs, history[-1]["train_loss"])
+    model.eval()
+    return history
