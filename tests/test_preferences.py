@@ -24,8 +24,8 @@ SHARED_BOOKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tallre
 # user, item, rating, time: user b appears first in the file, so its windows come first (TALLRec's order)
 INTERACTIONS = [("b", "i1", 5, 10), ("a", "i3", 1, 2), ("b", "i2", 2, 30), ("a", "i1", 4, 1), ("b", "i3", 4, 20),
                 ("a", "i2", 5, 3), ("b", "i4", 3, 40), ("a", "i4", 4, 4), ("a", "i5", 2, 5)]
-ITEMS = [("i1", "Alpha", "1990"), ("i2", "Beta", "1991"), ("i3", "Gamma", ""), ("i4", "Delta", "1993"),
-         ("i5", "Eps", "1994")]
+ITEMS = [("i1", "Alpha", "1990", "Comedy"), ("i2", "Beta", "1991", "Comedy Drama"), ("i3", "Gamma", "", "Horror"),
+         ("i4", "Delta", "1993", "Drama"), ("i5", "Eps", "1994", "")]
 
 
 def write_rated_dataset(root: Path, with_rating: bool = True) -> Path:
@@ -35,8 +35,8 @@ def write_rated_dataset(root: Path, with_rating: bool = True) -> Path:
     lines = [header] + ["\t".join([u, i] + ([str(r)] if with_rating else []) + [str(t)])
                         for u, i, r, t in INTERACTIONS]
     (folder / "rated.inter").write_text("\n".join(lines) + "\n")
-    (folder / "rated.item").write_text("item_id:token\ttitle:token_seq\tyear:token\n"
-                                       + "".join(f"{i}\t{t}\t{y}\n" for i, t, y in ITEMS))
+    (folder / "rated.item").write_text("item_id:token\ttitle:token_seq\tyear:token\tgenre:token_seq\n"
+                                       + "".join(f"{i}\t{t}\t{y}\t{g}\n" for i, t, y, g in ITEMS))
     return root
 
 
@@ -60,6 +60,8 @@ def test_windows_labels_and_splits_follow_tallrecs_protocol(tmp_path):
     assert [s["split"] for s in samples] == ["train", "train", "train", "valid", "test"]
     assert samples[0]["title"] == "Beta (1991)" and samples[0]["history"][1]["title"] == "Gamma"
     assert samples[0]["rating"] == 2.0 and samples[0]["timestamp"] == 30
+    assert samples[0]["groups"] == ["Comedy", "Drama"] and samples[0]["history"][1]["groups"] == ["Horror"]
+    assert samples[4]["groups"] == [] and samples[0]["history"][0]["rating"] == 5.0
 
     config["preference_windows"] = 3  # the last three windows only, split again in order
     build_preferences(config)

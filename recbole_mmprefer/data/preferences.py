@@ -24,11 +24,13 @@ Both write the ``preferences`` artifact: ``<run_dir>/preferences/<name>/samples.
 one sample per line::
 
     {"index": 0, "split": "train", "user_id": "196", "item_id": "257", "title": "Men in Black (1997)",
-     "label": 1, "rating": 4.0, "timestamp": 881251577,
-     "history": [{"item_id": "242", "title": "Kolya (1996)", "liked": true}, ...], "shot_rank": 17}
+     "groups": ["Action", "Adventure", "Comedy", "Sci-Fi"], "label": 1, "rating": 4.0, "timestamp": 881251577,
+     "history": [{"item_id": "242", "title": "Kolya (1996)", "groups": ["Comedy"], "liked": true,
+                  "rating": 3.0}, ...], "shot_rank": 17}
 
-(``user_id``, ``rating``, ``timestamp`` and ``shot_rank`` are null where
-unknown) and ``report.json``: counts per split and label, histories with no
+(``groups``: the item's genres or categories, ``profile_user_group_field`` or
+the usual group field of ``.item``; ``user_id``, ``rating``, ``timestamp`` and
+``shot_rank`` are null where unknown) and ``report.json``: counts per split and label, histories with no
 liked or no disliked item, unmatched titles.
 """
 
@@ -48,6 +50,7 @@ import pandas as pd
 from recbole_mmprefer.artifacts import ARTIFACTS, dataset_file
 from recbole_mmprefer.data.atomic import in_time_order, read_atomic_file
 from recbole_mmprefer.data.explanations import SPLITS
+from recbole_mmprefer.data.profile_inputs import GROUP_FIELD_CANDIDATES, split_values
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.jsonl import read_records, write_jsonl
 from recbole_mmprefer.resources import stage_setting
@@ -88,6 +91,21 @@ class PreferenceSettings(StageSettings):
 
 
 # -- titles ----------------------------------------------------------------------------------------------
+
+
+def item_groups(config) -> Dict[str, List[str]]:
+    """Group values (genres, categories) by item token: ``profile_user_group_field``, else the first of the
+    usual group fields in ``.item`` ({} without one)."""
+    path = dataset_file(config, "item")
+    if not path.is_file():
+        return {}
+    items = read_atomic_file(path)
+    field = stage_setting(config, "profile_user_group_field") or next(
+        (name for name in GROUP_FIELD_CANDIDATES if name in items.columns), None)
+    if field is None or field not in items.columns:
+        return {}
+    return {token: split_values(value) for token, value in zip(items[stage_setting(config, "ITEM_ID_FIELD")],
+                                                               items[field])}
 
 
 def item_titles(config) -> Dict[str, str]:
@@ -136,11 +154,12 @@ def rating_frame(config) -> pd.DataFrame:
     return in_time_order(out, "timestamp")
 
 
-def build_windows(frame: pd.DataFrame, settings: PreferenceSettings, titles: Dict[str, str]) -> List[dict]:
+def build_windows(frame: pd.DataFrame, settings: PreferenceSettings, titles: Dict[str, str],
+                  groups: Optional[Dict[str, List[str]]] = None) -> List[dict]:
     """Every history window of every user (users in order of first appearance), the last ``settings.windows``
     of them, split in order; see the module docstring."""
     first_seen = {user: n for n, user in enumerate(pd.unique(frame.sort_index()["user_id"]))}
-    length, samples = settings.history_length, []
+    length, samples, groups = settings.history_length, [], groups or {}
     for user, rows in sorted(frame.groupby("user_id", sort=False), key=lambda group: first_seen[group[0]]):
         items, ratings = list(rows["item_id"]), list(rows["rating"])
         liked = [rating > settings.like_threshold for rating in ratings]
@@ -148,10 +167,12 @@ def build_windows(frame: pd.DataFrame, settings: PreferenceSettings, titles: Dic
         for at in range(length, len(items)):
             samples.append({
                 "user_id": str(user), "item_id": str(items[at]), "title": titles.get(str(items[at]), ""),
-                "label": int(liked[at]), "rating": float(ratings[at]),
+                "groups": groups.get(str(items[at]), []), "label": int(liked[at]), "rating": float(ratings[at]),
                 "timestamp": None if pd.isna(times[at]) else int(times[at]),
-                "history": [{"item_id": str(item), "title": titles.get(str(item), ""), "liked": bool(flag)}
-                            for item, flag in zip(items[at - length:at], liked[at - length:at])]})
+                "history": [{"item_id": str(item), "title": titles.get(str(item), ""),
+                             "groups": groups.get(str(item), []), "liked": bool(flag), "rating": float(rating)}
+                            for item, flag, rating in zip(items[at - length:at], liked[at - length:at],
+                                                          ratings[at - length:at])]})
     samples = samples[-settings.windows:]
     return assign_splits(samples, settings.split_ratios)
 
@@ -224,10 +245,11 @@ def parse_tallrec_sample(record: object, where: str) -> Tuple[List[str], List[st
     return liked, disliked, canonical_title(match["target"]), LABELS[output]
 
 
-def import_tallrec_json(path: Path, titles: Optional[Dict[str, str]], split: str,
-                        max_unmatched: float = 0.5) -> Tuple[List[dict], Dict[str, object]]:
+def import_tallrec_json(path: Path, titles: Optional[Dict[str, str]], split: str, max_unmatched: float = 0.5,
+                        groups: Optional[Dict[str, List[str]]] = None) -> Tuple[List[dict], Dict[str, object]]:
     """(samples, report) of a published TALLRec JSON file; ``titles`` (item token -> title) maps titles to ids
-    (None: the title is the id, as for a domain with no data set here)."""
+    (None: the title is the id, as for a domain with no data set here); ``groups`` gives matched items their
+    genres."""
     if split not in SPLITS:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     try:
@@ -240,6 +262,7 @@ def import_tallrec_json(path: Path, titles: Optional[Dict[str, str]], split: str
     for token, title in (titles or {}).items():
         by_title.setdefault(canonical_title(title), token)
     unmatched: Counter = Counter()
+    groups = groups or {}
 
     def item(title: str) -> Optional[str]:
         if titles is None:
@@ -251,10 +274,12 @@ def import_tallrec_json(path: Path, titles: Optional[Dict[str, str]], split: str
     samples = []
     for number, record in enumerate(records):
         liked, disliked, target, label = parse_tallrec_sample(record, f"{path}, sample {number}")
-        history = ([{"item_id": item(t), "title": t, "liked": True} for t in liked]
-                   + [{"item_id": item(t), "title": t, "liked": False} for t in disliked])
-        samples.append({"user_id": None, "item_id": item(target), "title": target, "label": label, "rating": None,
-                        "timestamp": None, "history": history, "index": number, "split": split, "shot_rank": None})
+        history = [{"item_id": token, "title": t, "groups": groups.get(token, []), "liked": flag, "rating": None}
+                   for t, flag in [(t, True) for t in liked] + [(t, False) for t in disliked] for token in [item(t)]]
+        token = item(target)
+        samples.append({"user_id": None, "item_id": token, "title": target, "groups": groups.get(token, []),
+                        "label": label, "rating": None, "timestamp": None, "history": history, "index": number,
+                        "split": split, "shot_rank": None})
     mentions = sum(len(sample["history"]) + 1 for sample in samples)
     missed = sum(unmatched.values())
     report = {"source": str(path), "samples": len(samples), "title_mentions": mentions,
@@ -307,11 +332,11 @@ def build_preferences(config, force: bool = False) -> Path:
     input_hash = json_sha256({"settings": settings.to_config(), "seed": seed, "files": files,
                               "fields": [stage_setting(config, key) for key in
                                          ("USER_ID_FIELD", "ITEM_ID_FIELD", "RATING_FIELD", "TIME_FIELD",
-                                          "text_fields")]})
+                                          "text_fields", "profile_user_group_field")]})
     if not force and ARTIFACTS["preferences"].is_fresh(config, input_hash, name=WINDOWS):
         logger.info("Preference samples are up to date in %s", ARTIFACTS["preferences"].dir(config, name=WINDOWS))
         return ARTIFACTS["preferences"].dir(config, name=WINDOWS)
-    samples = build_windows(rating_frame(config), settings, item_titles(config))
+    samples = build_windows(rating_frame(config), settings, item_titles(config), item_groups(config))
     if not samples:
         raise InputError(f"no user of {dataset_file(config, 'inter')} has more than {settings.history_length} "
                          "interactions: there is no preference window (lower preference_history_length)")
@@ -324,7 +349,7 @@ def import_preferences(config, path: Path, split: str = "test", name: Optional[s
     """A published TALLRec JSON as the ``preferences`` artifact ``name`` (default ``tallrec-<file stem>``)."""
     name = name or f"tallrec-{Path(path).stem}"
     titles = item_titles(config) if match_titles else None
-    samples, report = import_tallrec_json(Path(path), titles, split)
+    samples, report = import_tallrec_json(Path(path), titles, split, groups=item_groups(config))
     input_hash = json_sha256({"file": file_sha256(Path(path)), "titles": titles, "split": split})
     return write_preferences(config, name, samples, input_hash, report)
 
