@@ -84,8 +84,8 @@ def test_tuning_learns_the_labels(tmp_path):
 
     model = model_for(write_answer_llama(tmp_path / "llama"), preference_lora_dropout=0.0)
     samples = [sample(target, label) for target, label in (("comedy", 1), ("horror", 0))] * 4
-    examples = [build_example(s, model.tokenizer, model.settings.prompt, with_answer=True) for s in samples]
-    assert examples[0].labels[-3:] == [WORDS.index("Yes"), WORDS.index("."), WORDS.index("</s>")]
+    examples = [model.examples(s, with_answers=True) for s in samples]
+    assert examples[0][0].labels[-3:] == [WORDS.index("Yes"), WORDS.index("."), WORDS.index("</s>")]
     before = score_samples(model, samples[:2], 2, bf16=False)
     frozen = {name: p.clone() for name, p in model.llm.named_parameters() if not p.requires_grad}
     training = PreferenceTrainingSettings.from_config({"preference_epochs": 60, "preference_learning_rate": 0.02,

@@ -9,14 +9,14 @@ at the position after the prompt; ``loss`` is the NLL of the answer tokens
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from recbole_mmprefer.explainer.model import add_lora
 from recbole_mmprefer.explainer.tokens import IGNORE_INDEX
-from recbole_mmprefer.preference.prompts import answer_token_ids
+from recbole_mmprefer.preference.prompts import PreferenceExample, answer_token_ids, build_example, collate_left
 from recbole_mmprefer.preference.settings import PreferenceModelConfig
 
 
@@ -39,15 +39,17 @@ class PreferenceModel(nn.Module):
         self.yes_id, self.no_id = answer_token_ids(tokenizer)
 
     @classmethod
-    def build(cls, settings: PreferenceModelConfig, device: Optional[str] = None, llm=None,
-              tokenizer=None) -> "PreferenceModel":
+    def build(cls, settings: PreferenceModelConfig, device: Optional[str] = None, llm=None, tokenizer=None,
+              **parts) -> "PreferenceModel":
+        """The LLM of ``settings`` (or the given one) wrapped as this class; ``parts`` go to the constructor.
+        New parameters are initialised under the seed."""
         from recbole_mmprefer.llm import load_causal_lm
 
         if llm is None:
             llm, tokenizer = load_causal_lm(settings.llm.path, settings.llm.dtype, settings.llm.cache_dir,
                                             device=device)
         torch.manual_seed(settings.seed)
-        return cls(llm, tokenizer, settings)
+        return cls(llm, tokenizer, settings, **parts)
 
     @property
     def device(self) -> torch.device:
@@ -82,6 +84,23 @@ class PreferenceModel(nn.Module):
     @torch.no_grad()
     def p_yes(self, batch: Dict[str, Tensor]) -> Tensor:
         return torch.softmax(self.answer_logits(batch), dim=-1)[:, 0]
+
+    # -- what training and scoring call (ExplainRecModel overrides them) ---------------------------------
+
+    def examples(self, sample: dict, with_answers: bool) -> List[PreferenceExample]:
+        """The sample's token sequences: for training (``with_answers``) or for scoring."""
+        return [build_example(sample, self.tokenizer, self.settings.prompt, with_answer=with_answers)]
+
+    def collate(self, examples: Sequence[PreferenceExample]) -> Dict[str, Tensor]:
+        return collate_left(examples, int(self.tokenizer.pad_token_id))
+
+    def training_loss(self, batch: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, float]]:
+        """(the loss to minimise, its parts by name for the log)."""
+        loss = self.loss(batch)
+        return loss, {"answer_nll": float(loss.detach())}
+
+    def score(self, batch: Dict[str, Tensor]) -> Tensor:
+        return self.p_yes(batch)
 
     def trainable_state_dict(self) -> Dict[str, Tensor]:
         return {name: parameter.detach().cpu().clone() for name, parameter in self.named_parameters()

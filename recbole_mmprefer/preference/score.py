@@ -26,9 +26,8 @@ from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.pair_data import llm_identity
 from recbole_mmprefer.jsonl import write_jsonl
 from recbole_mmprefer.preference.model import PreferenceModel
-from recbole_mmprefer.preference.prompts import build_example, collate_left
 from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
-from recbole_mmprefer.preference.train import ADAPTER_FILE, sample_keys
+from recbole_mmprefer.preference.train import ADAPTER_FILE, build_preference_model, features_fingerprint, sample_keys
 from recbole_mmprefer.utils import file_sha256, json_sha256
 
 logger = logging.getLogger(__name__)
@@ -44,29 +43,27 @@ def auc(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 
 def load_preference_model(config, model_dir: Optional[Path]) -> PreferenceModel:
-    """The tuned model of ``model_dir`` (its saved settings), or the frozen LLM of ``config`` (None)."""
+    """The tuned model of ``model_dir`` (its saved settings), or TALLRec's frozen LLM of ``config`` (None)."""
     if model_dir is None:
         return PreferenceModel.build(PreferenceModelConfig.from_config(config).zero_shot()).eval()
     model_dir = Path(model_dir)
     if read_meta_at(model_dir) is None or not (model_dir / ADAPTER_FILE).is_file():
         raise ARTIFACTS["preference_model"].missing(model_dir, str(config["dataset"]))
-    model = PreferenceModel.build(PreferenceModelConfig.load(model_dir, config))
+    model = build_preference_model(PreferenceModelConfig.load(model_dir, config), config)
     model.load_trainable_state_dict(load_file(str(model_dir / ADAPTER_FILE)))
     return model.eval()
 
 
 def score_samples(model: PreferenceModel, samples: Sequence[dict], batch_size: int, bf16: bool) -> List[float]:
     """P(Yes) per sample, in sample order."""
-    examples = [build_example(sample, model.tokenizer, model.settings.prompt, with_answer=False)
-                for sample in samples]
+    examples = [model.examples(sample, with_answers=False)[0] for sample in samples]
     order = np.argsort([len(example) for example in examples], kind="stable")
     scores = np.zeros(len(samples))
-    pad_id = int(model.tokenizer.pad_token_id)
     for start in tqdm(range(0, len(order), batch_size), desc="P(Yes)", unit="batch"):
         chunk = order[start:start + batch_size]
-        batch = collate_left([examples[n] for n in chunk], pad_id)
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-            scores[chunk] = model.p_yes(batch).cpu().numpy()
+        batch = model.collate([examples[n] for n in chunk])
+        with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            scores[chunk] = model.score(batch).float().cpu().numpy()
     return scores.tolist()
 
 
@@ -87,6 +84,7 @@ def score_preferences(config, model_dir: Optional[Path] = None, split: str = "te
                 else PreferenceModelConfig.from_config(config).zero_shot())
     input_hash = json_sha256({"samples": sample_keys(samples), "settings": settings.to_config(),
                               "llm": llm_identity(settings.llm), "bf16": training.bf16,
+                              "features": features_fingerprint(settings, config),
                               "adapter": file_sha256(Path(model_dir) / ADAPTER_FILE) if model_dir else None})
     if not force and is_fresh_at(out_file, input_hash, is_file=True):
         logger.info("Preference scores are up to date in %s", out_file)

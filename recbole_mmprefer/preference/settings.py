@@ -10,14 +10,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.explainer.settings import LlmSettings, LoraSettings, check_bf16
 from recbole_mmprefer.resources import stage_setting
-from recbole_mmprefer.settings import StageSettings, check_float, check_int, check_optional_int
+from recbole_mmprefer.settings import (
+    StageSettings,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_optional_int,
+)
 
 CONFIG_FILE = "preference_config.json"
+SYSTEMS = ("tallrec", "explainrec")
+WEIGHTINGS = ("uncertainty", "fixed")
+TASKS = ("pred", "reason", "consistency", "rating")
 
 
 @dataclass
@@ -70,21 +80,69 @@ class PreferenceTrainingSettings(StageSettings):
 
 
 @dataclass
+class ExplainRecSettings(StageSettings):
+    """The ``explainrec_*`` keys: the three components as switches and the task weights."""
+
+    PREFIX = "explainrec_"
+
+    instruction: str
+    attribution: bool
+    multimodal: bool
+    multitask: bool
+    soft_tokens: int
+    fusion_hidden: int
+    task_weighting: str
+    pred_weight: float
+    reason_weight: float
+    consistency_weight: float
+    rating_weight: float
+
+    def __post_init__(self):
+        self.instruction = str(self.instruction)
+        if "{kind}" not in self.instruction:
+            raise InputError("explainrec_instruction must hold {kind} (the item kind: movie, book, ...)")
+        for name in ("attribution", "multimodal", "multitask"):
+            setattr(self, name, check_bool(self.key(name), getattr(self, name)))
+        self.soft_tokens = check_int("explainrec_soft_tokens", self.soft_tokens, 1)
+        self.fusion_hidden = check_int("explainrec_fusion_hidden", self.fusion_hidden, 1)
+        self.task_weighting = check_choice("explainrec_task_weighting", self.task_weighting, WEIGHTINGS)
+        for task in TASKS:
+            setattr(self, f"{task}_weight", check_float(self.key(f"{task}_weight"), getattr(self, f"{task}_weight"),
+                                                        0.0))
+
+    @property
+    def tasks(self) -> List[str]:
+        """The losses this configuration trains."""
+        return ["pred"] + (["reason", "consistency"] if self.attribution else []) + (
+            ["rating"] if self.multitask else [])
+
+    @property
+    def adaptive(self) -> bool:
+        return self.multitask and self.task_weighting == "uncertainty"
+
+
+@dataclass
 class PreferenceModelConfig:
     """Everything a tuned preference model depends on; saved as ``preference_config.json``."""
 
+    system: str
     prompt: PreferencePromptSettings
     lora: PreferenceLoraSettings
     llm: LlmSettings
+    explainrec: Optional[ExplainRecSettings]  # None for TALLRec
     seed: int
 
     @classmethod
     def from_config(cls, config=None) -> "PreferenceModelConfig":
-        return cls(PreferencePromptSettings.from_config(config), PreferenceLoraSettings.from_config(config),
-                   LlmSettings.from_config(config), check_int("seed", stage_setting(config, "seed")))
+        system = check_choice("preference_system", stage_setting(config, "preference_system"), SYSTEMS)
+        return cls(system, PreferencePromptSettings.from_config(config), PreferenceLoraSettings.from_config(config),
+                   LlmSettings.from_config(config),
+                   ExplainRecSettings.from_config(config) if system == "explainrec" else None,
+                   check_int("seed", stage_setting(config, "seed")))
 
     def to_config(self) -> Dict[str, object]:
-        return {**self.prompt.to_config(), **self.lora.to_config(), **self.llm.to_config(), "seed": self.seed}
+        return {"preference_system": self.system, **self.prompt.to_config(), **self.lora.to_config(),
+                **self.llm.to_config(), **(self.explainrec.to_config() if self.explainrec else {}), "seed": self.seed}
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / CONFIG_FILE

@@ -29,7 +29,6 @@ from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.pair_data import llm_identity
 from recbole_mmprefer.explainer.train import EpochBatches
 from recbole_mmprefer.preference.model import PreferenceModel
-from recbole_mmprefer.preference.prompts import build_example, collate_left
 from recbole_mmprefer.preference.settings import (
     PreferenceModelConfig,
     PreferenceTrainingSettings,
@@ -60,52 +59,83 @@ def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: O
     if not train:
         raise InputError("the preference samples have no train split to tune on")
     out_dir = Path(out_dir) if out_dir is not None else ARTIFACTS["preference_model"].dir(
-        config, name=f"tallrec-{shots_name(training.shots)}")
+        config, name=model_name(settings, training.shots))
     input_hash = json_sha256({"train": sample_keys(train), "settings": settings.to_config(),
-                              "training": training.to_config(), "llm": llm_identity(settings.llm)})
+                              "training": training.to_config(), "llm": llm_identity(settings.llm),
+                              "features": features_fingerprint(settings, config)})
     if not force and is_fresh_at(out_dir, input_hash, ARTIFACTS["preference_model"].files):
         logger.info("The preference model is up to date in %s", out_dir)
         return out_dir
     started = time.perf_counter()
-    model = PreferenceModel.build(settings)
-    examples = [build_example(sample, model.tokenizer, settings.prompt, with_answer=True) for sample in train]
+    model = build_preference_model(settings, config)
+    examples = [model.examples(sample, with_answers=True) for sample in train]
     history = tune(model, examples, training, settings.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
     save_file(model.trainable_state_dict(), str(out_dir / ADAPTER_FILE))
     settings.save(out_dir)
     write_meta(out_dir, input_hash, {
-        "system": "tallrec", "shots": training.shots, "train_samples": len(train), "history": history,
+        "system": settings.system, "shots": training.shots, "train_samples": len(train), "history": history,
         "settings": settings.to_config(), "training": training.to_config(), "llm": llm_identity(settings.llm),
-        "dropped_history_items": int(sum(example.dropped_history for example in examples)),
         "seconds": round(time.perf_counter() - started, 3)})
     logger.info("Wrote the preference model (%d train samples, final loss %.4f) to %s", len(train),
                 history[-1]["train_loss"], out_dir)
     return out_dir
 
 
-def tune(model: PreferenceModel, examples, training: PreferenceTrainingSettings, seed: int) -> List[dict]:
-    """The training loop; returns the loss per epoch."""
-    pad_id = int(model.tokenizer.pad_token_id)
+def model_name(settings: PreferenceModelConfig, shots: Optional[int]) -> str:
+    """``tallrec-64shot``, ``explainrec-64shot``, ``explainrec-no_attribution-64shot``, ..."""
+    off = [] if settings.explainrec is None else [
+        f"no_{part}" for part in ("attribution", "multimodal", "multitask") if not getattr(settings.explainrec, part)]
+    return "-".join([settings.system, *off, shots_name(shots)])
+
+
+def features_fingerprint(settings: PreferenceModelConfig, config) -> Optional[list]:
+    if settings.explainrec is None or not settings.explainrec.multimodal:
+        return None
+    from recbole_mmprefer.preference.fusion import ModalityFeatures
+
+    return ModalityFeatures.from_config(config).fingerprint()
+
+
+def build_preference_model(settings: PreferenceModelConfig, config=None) -> PreferenceModel:
+    """TALLRec's model, or ExplainRec's with the run's feature store where it fuses modalities."""
+    if settings.system != "explainrec":
+        return PreferenceModel.build(settings)
+    from recbole_mmprefer.preference.explainrec import ExplainRecModel
+    from recbole_mmprefer.preference.fusion import ModalityFeatures
+
+    features = ModalityFeatures.from_config(config) if settings.explainrec.multimodal else None
+    return ExplainRecModel.build(settings, item_features=features)
+
+
+def tune(model: PreferenceModel, examples: Sequence[list], training: PreferenceTrainingSettings,
+         seed: int) -> List[dict]:
+    """The training loop over samples (each a list of its token sequences); returns per epoch the mean loss and
+    the mean of each logged part (task losses, task weights, modality weights)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=training.learning_rate)
-    sampler = EpochBatches([len(example) for example in examples], training.batch_size, seed)
+    sampler = EpochBatches([sum(len(example) for example in sample) for sample in examples], training.batch_size,
+                           seed)
     model.train()
     history = []
     for epoch in range(1, training.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(seed * 1_000_003 + epoch)
-        losses = []
+        losses, parts = [], []
         for indices in tqdm(list(sampler), desc=f"preference epoch {epoch}/{training.epochs}", unit="batch"):
-            batch = collate_left([examples[n] for n in indices], pad_id)
+            batch = model.collate([example for n in indices for example in examples[n]])
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=training.bf16):
-                loss = model.loss(batch)
+                loss, logged = model.training_loss(batch)
             if not torch.isfinite(loss.detach()):
                 raise InputError(f"preference loss is {float(loss)} at epoch {epoch}: lower preference_learning_rate")
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             losses.append(float(loss.detach()))
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses))})
-        logger.info("preference epoch %d/%d: train loss %.4f", epoch, training.epochs, history[-1]["train_loss"])
+            parts.append(logged)
+        means = {key: float(np.mean([part[key] for part in parts])) for key in parts[0]}
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **means})
+        logger.info("preference epoch %d/%d: loss %.4f (%s)", epoch, training.epochs, history[-1]["train_loss"],
+                    ", ".join(f"{key} {value:.3f}" for key, value in means.items()))
     model.eval()
     return history

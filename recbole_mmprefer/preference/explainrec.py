@@ -1,0 +1,262 @@
+"""ExplainRec (arXiv 2511.14770; design section 4): preference prediction that says why, on TALLRec's base.
+
+**Prompt.** TALLRec's, with each history item followed by its reason
+(:mod:`.reasons`: its genres, or its review summary) under ``explainrec_attribution``,
+the target's genres, and ``explainrec_soft_tokens`` soft tokens of the target's
+fused modality features (:mod:`.fusion`) after its title under
+``explainrec_multimodal``.
+
+**Answer.** ``Yes.`` / ``No.``, then (attribution, whose instruction,
+``explainrec_instruction``, asks for it) `` Reason: <reference reason>`` and
+EOS. P(Yes) is read at the first answer token exactly as for TALLRec.
+
+**Losses** (each a mean over the batch):
+
+* ``L_pred``: cross-entropy of the two-way softmax over the (Yes, No) logits at
+  the first answer token (the quantity that is scored);
+* ``L_reason`` (attribution): NLL of the reason tokens after the true answer;
+* ``L_consistency`` (attribution): the answer must agree with what the reason
+  supports. With s_a = log P(reason | prompt, answer a), the reason's own
+  verdict is q = softmax(s_Yes, s_No) (teacher-forced under both answers), and
+  L_consistency = KL(q || p), p the predicted (Yes, No) distribution. It is
+  low when the answer the model gives is the one under which its reason is the
+  more likely, and its gradient reaches both the answer and the reason;
+* ``L_rating`` (multi-task): squared error of a linear head on the hidden
+  state at the first answer token against the target's rating (where known).
+
+**Task weights.** ``explainrec_task_weighting: uncertainty`` learns one
+log-variance s_t per task (Kendall et al., 2018): L = sum_t exp(-s_t) L_t +
+s_t; ``fixed`` uses ``explainrec_pred_weight`` (a), ``explainrec_reason_weight``
+(b), ``explainrec_consistency_weight`` (g) and ``explainrec_rating_weight``.
+The ablations are switches: ``explainrec_attribution``, ``explainrec_multimodal``,
+``explainrec_multitask`` (False: no rating task, fixed weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.explainer.prompts import SOFT_MARKER
+from recbole_mmprefer.explainer.tokens import IGNORE_INDEX, encode_prompt
+from recbole_mmprefer.preference.model import PreferenceModel, position_ids
+from recbole_mmprefer.preference.prompts import answer_text, quoted, sample_title
+from recbole_mmprefer.preference.reasons import history_with_reasons, reference_reason
+from recbole_mmprefer.preference.settings import ExplainRecSettings, PreferencePromptSettings
+
+# -- examples --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExplainRecExample:
+    """A sample under one answer: ids, soft positions, the first answer token's position, reason labels."""
+
+    input_ids: List[int]
+    soft_positions: List[int]
+    answer_position: int  # the last prompt token: its logits are the first answer token's
+    labels: List[int]  # the reason's tokens (and EOS); -100 elsewhere
+    label: int
+    answer: int  # the answer this sequence holds (the label, or its flip)
+    rating: Optional[float]
+    item_id: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def explainrec_input(sample: dict, prompt: PreferencePromptSettings, settings: ExplainRecSettings,
+                     history: Sequence[dict]) -> str:
+    liked = [entry for entry in history if entry["liked"]]
+    disliked = [entry for entry in history if not entry["liked"]]
+    if settings.attribution:
+        liked_text, disliked_text = history_with_reasons(liked), history_with_reasons(disliked)
+        groups = ", ".join(sample.get("groups") or [])
+        target = f'"{sample_title(sample)}"' + (f" ({groups})" if groups else "")
+    else:
+        liked_text = quoted([sample_title(entry) for entry in liked])
+        disliked_text = quoted([sample_title(entry) for entry in disliked])
+        target = f'"{sample_title(sample)}"'
+    if settings.multimodal:
+        target += f" {SOFT_MARKER}"
+    return (f"User Preference: {liked_text}\nUser Unpreference: {disliked_text}\n"
+            f"Whether the user will like the target {prompt.item_kind} {target}?")
+
+
+def build_explainrec_examples(sample: dict, tokenizer, prompt: PreferencePromptSettings,
+                              settings: ExplainRecSettings, with_answers: bool) -> List[ExplainRecExample]:
+    """The sample under its true answer and (attribution) its flipped one for training; the prompt alone for
+    scoring. Oldest history items are dropped first to stay within ``preference_max_length``."""
+    soft = settings.soft_tokens if settings.multimodal else 0
+    reason = f" Reason: {reference_reason(sample)}" if settings.attribution and with_answers else ""
+    eos = [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
+    reason_ids = (list(tokenizer(reason, add_special_tokens=False)["input_ids"]) + eos) if reason else []
+    answers = [int(sample["label"])] + ([1 - int(sample["label"])] if reason else []) if with_answers else [None]
+    longest = max(len(tokenizer(answer_text(a, tokenizer), add_special_tokens=False)["input_ids"])
+                  for a in (0, 1)) if with_answers else 0
+    history = list(sample["history"])
+    for dropped in range(len(history) + 1):
+        instruction = settings.instruction if settings.attribution else prompt.instruction
+        text = instruction.format(kind=prompt.item_kind) + "\n" + explainrec_input(
+            sample, prompt, settings, history[dropped:])
+        ids, positions = encode_prompt(text, tokenizer, soft)
+        if len(ids) + longest + len(reason_ids) <= prompt.max_length:
+            break
+    else:
+        raise InputError(f"preference sample {sample.get('index')} needs {len(ids) + longest + len(reason_ids)} "
+                         f"tokens even without its history; preference_max_length is {prompt.max_length}")
+    examples = []
+    for answer in answers:
+        answer_ids = [] if answer is None else list(tokenizer(answer_text(answer, tokenizer),
+                                                              add_special_tokens=False)["input_ids"])
+        after = (reason_ids or eos) if answer is not None else []
+        labels = [IGNORE_INDEX] * (len(ids) + len(answer_ids)) + (reason_ids or [IGNORE_INDEX] * len(after))
+        label = int(sample["label"])
+        examples.append(ExplainRecExample(ids + answer_ids + after, positions, len(ids) - 1, labels, label,
+                                          label if answer is None else answer, sample.get("rating"),
+                                          str(sample.get("item_id"))))
+    return examples
+
+
+def collate_explainrec(examples: Sequence[ExplainRecExample], pad_id: int) -> Dict[str, Tensor]:
+    """Left-padded tensors; ``answer_position`` and ``soft_positions`` shifted by each row's padding."""
+    width = max(len(example) for example in examples)
+    rows = {"input_ids": [], "attention_mask": [], "labels": [], "soft_positions": [], "answer_position": []}
+    for example in examples:
+        pad = width - len(example)
+        rows["input_ids"].append([pad_id] * pad + example.input_ids)
+        rows["attention_mask"].append([0] * pad + [1] * len(example))
+        rows["labels"].append([IGNORE_INDEX] * pad + example.labels)
+        rows["soft_positions"].append([position + pad for position in example.soft_positions])
+        rows["answer_position"].append(example.answer_position + pad)
+    batch = {key: torch.tensor(value, dtype=torch.long) for key, value in rows.items()}
+    batch["label"] = torch.tensor([example.label for example in examples])
+    batch["answer"] = torch.tensor([example.answer for example in examples])
+    batch["rating"] = torch.tensor([float("nan") if example.rating is None else example.rating
+                                    for example in examples])
+    return batch
+
+
+# -- the model -------------------------------------------------------------------------------------------
+
+
+class ExplainRecModel(PreferenceModel):
+    """TALLRec's model plus the fusion soft prompt, a rating head and learned task weights."""
+
+    def __init__(self, llm, tokenizer, settings, item_features=None):
+        super().__init__(llm, tokenizer, settings)
+        explainrec: ExplainRecSettings = settings.explainrec
+        if explainrec is None:
+            raise InputError("ExplainRecModel needs preference_system: explainrec")
+        self.explainrec = explainrec
+        hidden = self.llm.get_input_embeddings().embedding_dim
+        self.fusion = None
+        if explainrec.multimodal:
+            from recbole_mmprefer.preference.fusion import ModalityFusion
+
+            if item_features is None:
+                raise InputError("explainrec_multimodal needs the item features (the feature store)")
+            self.fusion = ModalityFusion(item_features.dims, explainrec.fusion_hidden, explainrec.soft_tokens, hidden)
+        self.item_features = item_features  # a ModalityFeatures (not a module: no weights)
+        self.rating_head = nn.Linear(hidden, 1) if explainrec.multitask else None
+        self.log_variances = nn.Parameter(torch.zeros(len(explainrec.tasks))) if explainrec.adaptive else None
+        self.to(self.device)
+        self.last_modality_weights: Optional[Tensor] = None
+
+    def embeddings(self, batch: Dict[str, Tensor], features=None) -> Tensor:
+        embeds = self.causal_lm().get_input_embeddings()(batch["input_ids"].to(self.device))
+        if self.fusion is None:
+            return embeds
+        if features is None:
+            raise InputError("explainrec_multimodal needs each target item's features")
+        tokens, weights = self.fusion(*features)
+        self.last_modality_weights = weights.detach()
+        rows = torch.arange(len(embeds), device=self.device).unsqueeze(1)
+        embeds = embeds.clone()
+        embeds[rows, batch["soft_positions"].to(self.device)] = tokens.to(embeds.dtype)
+        return embeds
+
+    def hidden_of(self, batch: Dict[str, Tensor], features=None) -> Tensor:
+        mask = batch["attention_mask"].to(self.device)
+        return self.causal_lm().base_model(inputs_embeds=self.embeddings(batch, features), attention_mask=mask,
+                                           position_ids=position_ids(mask)).last_hidden_state
+
+    def answer_logits_at(self, hidden: Tensor, positions: Tensor) -> Tensor:
+        rows = hidden[torch.arange(len(hidden), device=hidden.device), positions.to(hidden.device)]
+        head = self.causal_lm().get_output_embeddings()
+        return (rows @ head.weight[[self.yes_id, self.no_id]].T).float(), rows
+
+    def task_losses(self, batch: Dict[str, Tensor], features=None) -> Dict[str, Tensor]:
+        """Each task's loss over a batch whose rows come in (true answer, flipped answer) pairs under
+        attribution, one row per sample otherwise."""
+        hidden = self.hidden_of(batch, features)
+        logits, answer_rows = self.answer_logits_at(hidden, batch["answer_position"])
+        step = 2 if self.explainrec.attribution else 1
+        true = slice(0, None, step)
+        labels = batch["label"].to(self.device)[true]
+        # the (Yes, No) logits: column 0 is Yes, so the class of label 1 is 0
+        losses = {"pred": nn.functional.cross_entropy(logits[true], 1 - labels)}
+        if self.explainrec.attribution:
+            reason = self.reason_log_probs(hidden, batch["labels"].to(self.device))
+            tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).to(self.device).clamp(min=1)
+            losses["reason"] = -(reason[true] / tokens[true]).mean()
+            under_true, under_flip = reason[0::2], reason[1::2]
+            yes_first = labels == 1
+            verdict = torch.stack([torch.where(yes_first, under_true, under_flip),
+                                   torch.where(yes_first, under_flip, under_true)], dim=1)
+            q = torch.log_softmax(verdict, dim=1)
+            p = torch.log_softmax(logits[true], dim=1)
+            losses["consistency"] = nn.functional.kl_div(p, q, log_target=True, reduction="batchmean")
+        if self.rating_head is not None:
+            ratings = batch["rating"].to(self.device)[true]
+            known = ~torch.isnan(ratings)
+            predicted = self.rating_head(answer_rows[true].float()).squeeze(-1)
+            losses["rating"] = (((predicted - ratings) ** 2)[known].mean() if known.any()
+                                else predicted.sum() * 0.0)
+        return losses
+
+    def reason_log_probs(self, hidden: Tensor, labels: Tensor) -> Tensor:
+        """Per row, the summed log-probability of its labelled (reason) tokens."""
+        targets = labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        logits = self.causal_lm().get_output_embeddings()(hidden[:, :-1][supervised]).float()
+        picked = torch.log_softmax(logits, dim=-1).gather(1, targets[supervised].unsqueeze(1)).squeeze(1)
+        rows = supervised.nonzero()[:, 0]
+        return torch.zeros(len(labels), device=hidden.device).index_add(0, rows, picked)
+
+    def combine(self, losses: Dict[str, Tensor]) -> Tensor:
+        """The weighted total: learned uncertainty weights, or the fixed a, b, g and rating weights."""
+        if self.log_variances is not None:
+            return sum(torch.exp(-self.log_variances[n]) * losses[task] + self.log_variances[n]
+                       for n, task in enumerate(self.explainrec.tasks))
+        return sum(getattr(self.explainrec, f"{task}_weight") * losses[task] for task in self.explainrec.tasks)
+
+    # -- what training and scoring call ----------------------------------------------------------------
+
+    def examples(self, sample: dict, with_answers: bool) -> List[ExplainRecExample]:
+        return build_explainrec_examples(sample, self.tokenizer, self.settings.prompt, self.explainrec, with_answers)
+
+    def collate(self, examples: Sequence[ExplainRecExample]) -> Dict[str, object]:
+        batch = collate_explainrec(examples, int(self.tokenizer.pad_token_id))
+        if self.fusion is not None:
+            batch["features"] = self.item_features.batch([example.item_id for example in examples])
+        return batch
+
+    def training_loss(self, batch: Dict[str, object]) -> Tuple[Tensor, Dict[str, float]]:
+        losses = self.task_losses(batch, batch.get("features"))
+        parts = {task: float(value.detach()) for task, value in losses.items()}
+        if self.log_variances is not None:
+            parts.update({f"log_variance_{task}": float(self.log_variances[n].detach())
+                          for n, task in enumerate(self.explainrec.tasks)})
+        if self.last_modality_weights is not None:
+            mean = self.last_modality_weights.mean(dim=0)
+            parts.update({f"modality_weight_{m}": float(mean[n]) for n, m in enumerate(self.fusion.modalities)})
+        return self.combine(losses), parts
+
+    @torch.no_grad()
+    def score(self, batch: Dict[str, object]) -> Tensor:
+        logits, _ = self.answer_logits_at(self.hidden_of(batch, batch.get("features")), batch["answer_position"])
+        return torch.softmax(logits, dim=-1)[:, 0]

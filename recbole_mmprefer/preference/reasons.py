@@ -1,0 +1,77 @@
+"""Preference attribution (ExplainRec, design section 4): the reasons a history gives for or against a target.
+
+Every history item carries its reason: the review summary where the data set
+has one (``entry["reason"]``), otherwise its genres / categories (``groups``).
+The **attribution** of a sample is the history items that share a group with
+the target: the liked ones speak for it, the disliked ones against it. Its
+**stance** is +1 when more liked than disliked items share a group with the
+target, -1 when fewer, 0 otherwise (no shared group, or a tie).
+
+The **reference reason** of a sample, what ExplainRec learns to say after its
+Yes/No answer, verbalises the attribution, e.g.::
+
+    It is Comedy, like "Alpha (1990)", which the user liked, and like "Gamma", which the user disliked.
+    It shares no genre with the items the user rated.
+
+Nothing here reads a model: reasons are data, built from the preference
+samples alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+from recbole_mmprefer.preference.prompts import quoted, sample_title
+
+
+@dataclass
+class Attribution:
+    """The history items sharing a group with the target, and the groups they share."""
+
+    shared_groups: List[str]
+    liked: List[dict]
+    disliked: List[dict]
+
+    @property
+    def stance(self) -> int:
+        return (len(self.liked) > len(self.disliked)) - (len(self.liked) < len(self.disliked))
+
+
+def attribution(sample: dict) -> Attribution:
+    """Which history items speak for or against the target (see the module docstring)."""
+    target = list(dict.fromkeys(sample.get("groups") or []))
+    liked, disliked, shared = [], [], []
+    for entry in sample["history"]:
+        common = [group for group in target if group in (entry.get("groups") or [])]
+        if not common:
+            continue
+        (liked if entry["liked"] else disliked).append(entry)
+        shared += [group for group in common if group not in shared]
+    return Attribution([group for group in target if group in shared], liked, disliked)
+
+
+def item_reason(entry: dict) -> str:
+    """A history item's own reason: its review summary, else its groups ("" without either)."""
+    return str(entry.get("reason") or ", ".join(entry.get("groups") or []))
+
+
+def history_with_reasons(entries: Sequence[dict]) -> str:
+    """``"A (1995)" (Comedy, Drama), "B" (...)``: the titles with their reasons, for the ExplainRec prompt."""
+    parts = []
+    for entry in entries:
+        reason = item_reason(entry)
+        parts.append(f'"{sample_title(entry)}"' + (f" ({reason})" if reason else ""))
+    return ", ".join(parts)
+
+
+def reference_reason(sample: dict) -> str:
+    """The attribution in words (see the module docstring)."""
+    found = attribution(sample)
+    if not found.shared_groups:
+        return "It shares no genre with the items the user rated."
+    clauses = []
+    for entries, verdict in ((found.liked, "liked"), (found.disliked, "disliked")):
+        if entries:
+            clauses.append(f"like {quoted([sample_title(entry) for entry in entries])}, which the user {verdict}")
+    return f"It is {', '.join(found.shared_groups)}, " + ", and ".join(clauses) + "."

@@ -1,0 +1,173 @@
+"""ExplainRec (part 1): attention fusion over modalities, preference attribution, its prompts and sequences, the
+three losses and the task weights, and a tuning run through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_preference_model import WORDS, write_answer_llama
+from test_preferences import write_rated_dataset
+
+from recbole_mmprefer.cli import main as mmprefer
+from recbole_mmprefer.explainer.prompts import SOFT_MARKER
+from recbole_mmprefer.preference.explainrec import ExplainRecModel, build_explainrec_examples, explainrec_input
+from recbole_mmprefer.preference.fusion import ModalityFeatures, ModalityFusion
+from recbole_mmprefer.preference.reasons import attribution, reference_reason
+from recbole_mmprefer.preference.settings import ExplainRecSettings, PreferenceModelConfig
+
+SAMPLE = {"index": 7, "user_id": "u", "item_id": "i9", "title": "Gamma", "groups": ["Comedy", "Drama"], "label": 1,
+          "rating": 4.0, "history": [
+              {"item_id": "i1", "title": "Alpha", "groups": ["Comedy"], "liked": True},
+              {"item_id": "i2", "title": "Beta", "groups": ["Horror"], "liked": False},
+              {"item_id": "i3", "title": "Delta", "groups": ["Drama", "War"], "liked": False},
+              {"item_id": "i4", "title": "Eps", "groups": ["Drama"], "liked": True}]}
+
+
+def test_fusion_weights_sum_to_one_and_ignore_an_absent_modality():
+    torch.manual_seed(0)
+    fusion = ModalityFusion({"text": 4, "image": 3}, hidden=8, soft_tokens=2, llm_hidden=6)
+    features = {"text": torch.randn(3, 4), "image": torch.randn(3, 3)}
+    present = torch.tensor([[True, True], [True, False], [False, False]])
+    tokens, weights = fusion(features, present)
+    assert tokens.shape == (3, 2, 6)
+    assert torch.allclose(weights[0].sum(), torch.tensor(1.0)) and (weights[0] > 0).all()
+    assert weights[1].tolist() == [1.0, 0.0] and weights[2].tolist() == [0.0, 0.0]
+    changed = {"text": features["text"], "image": features["image"] + 5.0}
+    again, _ = fusion(changed, present)
+    assert torch.equal(again[1], tokens[1]) and not torch.equal(again[0], tokens[0])
+    tokens.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fusion.parameters() if p.grad is not None)
+
+
+def test_feature_rows_mark_items_a_modality_lacks():
+    features = ModalityFeatures({"text": np.eye(3), "image": np.ones((1, 2))}, {"text": ["a", "b", "c"],
+                                                                                "image": ["b"]})
+    matrices, present = features.batch(["b", "c", "zz"])
+    assert present.tolist() == [[True, True], [True, False], [False, False]]
+    assert matrices["text"][0].tolist() == [0, 1, 0] and matrices["image"][1].tolist() == [0, 0]
+
+
+def test_attribution_names_the_history_items_that_share_a_genre():
+    found = attribution(SAMPLE)
+    assert [e["title"] for e in found.liked] == ["Alpha", "Eps"] and [e["title"] for e in found.disliked] == ["Delta"]
+    assert found.shared_groups == ["Comedy", "Drama"] and found.stance == 1
+    assert reference_reason(SAMPLE) == ('It is Comedy, Drama, like "Alpha", "Eps", which the user liked, and like '
+                                        '"Delta", which the user disliked.')
+    lonely = {**SAMPLE, "groups": ["Western"]}
+    assert attribution(lonely).stance == 0
+    assert reference_reason(lonely) == "It shares no genre with the items the user rated."
+
+
+def settings_for(llama, **keys) -> PreferenceModelConfig:
+    return PreferenceModelConfig.from_config({"llm_path": str(llama), "preference_system": "explainrec",
+                                              "explainrec_fusion_hidden": 8, "preference_lora_dropout": 0.0,
+                                              **keys})
+
+
+def item_features() -> ModalityFeatures:
+    rng = np.random.default_rng(0)
+    return ModalityFeatures({"text": rng.normal(size=(5, 4)), "image": rng.normal(size=(2, 3))},
+                            {"text": ["i1", "i2", "i3", "i4", "i9"], "image": ["i9", "i1"]})
+
+
+def test_prompts_and_sequences_follow_the_switches(tmp_path):
+    llama = write_answer_llama(tmp_path / "llama")
+    full = settings_for(llama)
+    model = ExplainRecModel.build(full, item_features=item_features())
+    text = explainrec_input(SAMPLE, full.prompt, full.explainrec, SAMPLE["history"])
+    assert '"Alpha" (Comedy)' in text and '"Gamma" (Comedy, Drama) ' + SOFT_MARKER in text
+    true, flipped = build_explainrec_examples(SAMPLE, model.tokenizer, full.prompt, full.explainrec, True)
+    prompt_length = true.answer_position + 1
+    assert true.input_ids[:prompt_length] == flipped.input_ids[:prompt_length]
+    assert true.input_ids[prompt_length] == WORDS.index("Yes") and flipped.input_ids[prompt_length] == WORDS.index("No")
+    assert (true.answer, flipped.answer, true.label, flipped.label) == (1, 0, 1, 1)
+    reason = [token for token in true.labels if token != -100]
+    assert reason == [token for token in flipped.labels if token != -100] and reason[-1] == WORDS.index("</s>")
+    assert len(true.soft_positions) == 2 and all(true.input_ids[p] == 0 for p in true.soft_positions)
+
+    bare = ExplainRecSettings.from_config({"explainrec_attribution": False, "explainrec_multimodal": False})
+    assert bare.tasks == ["pred", "rating"]
+    text = explainrec_input(SAMPLE, full.prompt, bare, SAMPLE["history"])
+    assert "(Comedy)" not in text and SOFT_MARKER not in text
+    only, = build_explainrec_examples(SAMPLE, model.tokenizer, full.prompt, bare, True)
+    assert only.soft_positions == [] and all(token == -100 for token in only.labels)
+    assert ExplainRecSettings.from_config({"explainrec_multitask": False}).tasks == ["pred", "reason", "consistency"]
+
+
+def batch_of(model, samples):
+    return model.collate([example for sample in samples for example in model.examples(sample, with_answers=True)])
+
+
+def test_each_loss_reaches_its_own_parameters(tmp_path):
+    model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama")), item_features=item_features())
+    other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0}
+    batch = batch_of(model, [SAMPLE, other])
+    groups = {"lora": [p for n, p in model.named_parameters() if "lora_" in n],
+              "fusion": list(model.fusion.parameters()), "rating": list(model.rating_head.parameters())}
+
+    def reached(task):
+        model.zero_grad()
+        model.task_losses(batch, batch["features"])[task].backward()
+        return {name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+                for name, params in groups.items()}
+
+    # peft starts every LoRA B at zero: at first the gradient reaches the B matrices (and not A)
+    assert reached("pred") == {"lora": True, "fusion": True, "rating": False}
+    assert reached("reason") == {"lora": True, "fusion": True, "rating": False}
+    assert reached("consistency") == {"lora": True, "fusion": True, "rating": False}
+    assert reached("rating")["rating"] is True
+
+
+def test_consistency_is_the_kl_from_the_reasons_verdict_to_the_answer(tmp_path):
+    model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama"),
+                                               explainrec_multimodal=False))
+    batch = batch_of(model, [SAMPLE, {**SAMPLE, "index": 8, "label": 0}])
+    losses = model.task_losses(batch)
+    with torch.no_grad():
+        hidden = model.hidden_of(batch)
+        logits, _ = model.answer_logits_at(hidden, batch["answer_position"])
+        reason = model.reason_log_probs(hidden, batch["labels"])
+    # rows: sample 1 under Yes (its label), under No; sample 2 under No (its label), under Yes
+    verdict = torch.stack([torch.stack([reason[0], reason[1]]), torch.stack([reason[3], reason[2]])])
+    q, p = torch.softmax(verdict, dim=1), torch.softmax(logits[0::2], dim=1)
+    expected = (q * (q.log() - p.log())).sum(dim=1).mean()
+    assert torch.allclose(losses["consistency"], expected, atol=1e-5)
+    assert torch.allclose(losses["pred"], torch.nn.functional.cross_entropy(logits[0::2], torch.tensor([0, 1])),
+                          atol=1e-6)
+
+
+def test_task_weights_learned_or_fixed(tmp_path):
+    llama = write_answer_llama(tmp_path / "llama")
+    losses = {"pred": torch.tensor(0.7), "reason": torch.tensor(2.0), "consistency": torch.tensor(0.1),
+              "rating": torch.tensor(4.0)}
+    adaptive = ExplainRecModel.build(settings_for(llama, explainrec_multimodal=False))
+    with torch.no_grad():
+        adaptive.log_variances.copy_(torch.tensor([0.0, 1.0, -1.0, 2.0]))
+    expected = sum(np.exp(-s) * v + s for s, v in zip([0.0, 1.0, -1.0, 2.0], [0.7, 2.0, 0.1, 4.0]))
+    assert float(adaptive.combine(losses)) == pytest.approx(expected, rel=1e-5)
+    fixed = ExplainRecModel.build(settings_for(llama, explainrec_multimodal=False,
+                                               explainrec_task_weighting="fixed"))
+    assert fixed.log_variances is None
+    assert float(fixed.combine(losses)) == pytest.approx(1.0 * 0.7 + 0.5 * 2.0 + 0.1 * 0.1 + 0.1 * 4.0)
+
+
+def test_the_cli_tunes_explainrec_and_logs_modality_weights(tmp_path, tiny_encoder):
+    root = write_rated_dataset(tmp_path / "data")
+    llama = write_answer_llama(tmp_path / "llama")
+    common = ["--dataset", "rated", f"--data_path={root}", f"--run_dir={tmp_path / 'run'}",
+              "--text_fields=['title', 'year']", "--load_col=None", "--preference_history_length=2",
+              "--preference_split_ratios=[0.6, 0.0, 0.4]", f"--llm_path={llama}", "--preference_epochs=2",
+              "--preference_system=explainrec", "--explainrec_fusion_hidden=8", f"--text_encoder={tiny_encoder}"]
+    assert mmprefer(["features", *common]) == 0
+    assert mmprefer(["preferences", *common]) == 0
+    assert mmprefer(["preference-train", *common]) == 0
+    model_dir = tmp_path / "run" / "preference_models" / "explainrec-all"
+    history = json.loads((model_dir / "meta.json").read_text())["history"]
+    assert len(history) == 2 and history[-1]["modality_weight_text"] == pytest.approx(1.0)
+    assert {"pred", "reason", "consistency", "rating", "log_variance_rating"} <= set(history[-1])
+    assert mmprefer(["preference-score", *common, "--model_dir", str(model_dir)]) == 0
+    scores = tmp_path / "run" / "preference_scores" / "explainrec-all-windows-test.jsonl"
+    assert len(scores.read_text().splitlines()) == 2
