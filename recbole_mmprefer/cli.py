@@ -174,9 +174,14 @@ def cmd_generate(args: argparse.Namespace, overrides: List[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, overrides: List[str]) -> None:
+    config = stage_config(args, overrides)
+    if args.task == "preference":
+        from recbole_mmprefer.preference.pipeline import run_preference_pipeline
+
+        print(f"Report: {run_preference_pipeline(config, force=args.force)}")
+        return
     from recbole_mmprefer.pipeline import run_pipeline
 
-    config = stage_config(args, overrides)
     out_dir = run_pipeline(config, force=args.force)
     print(f"Report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
 
@@ -300,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = stage("run", "Every stage in order (features, quantizer, MMPSASRec, profiles, paths, explainer, "
                 "generation, evaluation), each skipped when up to date; ends in <run_dir>/report/",
                 force_help="retrain MMPSASRec even when its vectors exist")
+    run.add_argument("--task", choices=["explain", "preference"], default="explain",
+                     help="explain: MMP-Refer's explanations (default); preference: TALLRec and ExplainRec's Yes/No "
+                     "preference prediction and its AUC")
     run.set_defaults(handler=cmd_run)
     add_import_commands(commands)
     return parser

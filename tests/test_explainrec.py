@@ -147,7 +147,7 @@ def test_task_weights_learned_or_fixed(tmp_path):
     with torch.no_grad():
         adaptive.log_variances.copy_(torch.tensor([0.0, 1.0, -1.0, 2.0]))
     expected = sum(np.exp(-s) * v + s for s, v in zip([0.0, 1.0, -1.0, 2.0], [0.7, 2.0, 0.1, 4.0]))
-    assert float(adaptive.combine(losses)) == pytest.approx(expected, rel=1e-5)
+    assert float(adaptive.combine(losses).detach()) == pytest.approx(expected, rel=1e-5)
     fixed = ExplainRecModel.build(settings_for(llama, explainrec_multimodal=False,
                                                explainrec_task_weighting="fixed"))
     assert fixed.log_variances is None
@@ -171,3 +171,19 @@ def test_the_cli_tunes_explainrec_and_logs_modality_weights(tmp_path, tiny_encod
     assert mmprefer(["preference-score", *common, "--model_dir", str(model_dir)]) == 0
     scores = tmp_path / "run" / "preference_scores" / "explainrec-all-windows-test.jsonl"
     assert len(scores.read_text().splitlines()) == 2
+
+
+def test_mmprefer_run_task_preference_reports_every_systems_auc(tmp_path, tiny_encoder):
+    root = write_rated_dataset(tmp_path / "data")
+    llama = write_answer_llama(tmp_path / "llama")
+    assert mmprefer(["run", "--task", "preference", "--dataset", "rated", f"--data_path={root}",
+                     f"--run_dir={tmp_path / 'run'}", "--text_fields=['title', 'year']", "--load_col=None",
+                     "--preference_history_length=2", "--preference_split_ratios=[0.6, 0.0, 0.4]",
+                     f"--llm_path={llama}", "--preference_epochs=1", "--explainrec_fusion_hidden=8",
+                     f"--text_encoder={tiny_encoder}", "--pipeline_preference_shots=2"]) == 0
+    report = (tmp_path / "run" / "report" / "preference.md").read_text()
+    for system in ("zero-shot (frozen LLM)", "TALLRec", "ExplainRec"):
+        assert f"| {system} | " in report
+    assert report.count("- user a, target") == 2
+    models = sorted(folder.name for folder in (tmp_path / "run" / "preference_models").iterdir())
+    assert models == ["explainrec-2shot", "tallrec-2shot"]
