@@ -41,7 +41,7 @@ OWN_RUN_KEYS = ("run_dir", "use_semantic_ids")  # the "w/o Multi-SID" row sets t
 def own_run_argv():
     """sys.argv without --run_dir / --use_semantic_ids: RecBole's Config reads argv last, so they would win."""
     saved = sys.argv
-    sys.argv = [arg for arg in saved if not arg.lstrip("-").split("=")[0] in OWN_RUN_KEYS]
+    sys.argv = [arg for arg in saved if arg.lstrip("-").split("=")[0] not in OWN_RUN_KEYS]
     try:
         yield
     finally:

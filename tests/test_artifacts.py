@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, write_config_file, write_tiny_dataset
 from test_import_xrec import write_random_xrec_folder
 from tiny_models import serve_chat, write_tiny_llama
 
+from conftest import tiny_config, write_config_file, write_tiny_dataset
 from recbole_mmprefer.artifacts import ARTIFACTS, explanation_table_file, is_fresh_at, write_meta
 from recbole_mmprefer.cli import main as mmprefer
 from recbole_mmprefer.config import stage_config

@@ -30,7 +30,8 @@ def test_wheel_ships_yaml_defaults_and_finds_them(tmp_path):
                    check=True, timeout=300)
     probe = ("from recbole_mmprefer.resources import model_property_file, dataset_config_file;"
              "print(model_property_file('MMPSASRec')); print(dataset_config_file('ml-100k'));"
-             "from recbole_mmprefer.explainer.checkpoints import resolve_explainer; print(resolve_explainer('bundled'))")
+             "from recbole_mmprefer.explainer.checkpoints import resolve_explainer;"
+             "print(resolve_explainer('bundled'))")
     env = {**os.environ, "PYTHONPATH": str(target)}
     output = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
                             check=True).stdout.split()

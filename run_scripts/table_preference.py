@@ -1,0 +1,194 @@
+"""TALLRec's Table 1 for ExplainRec (issue 13): AUC against shots for the LLM systems and RecBole's sequential models.
+
+    python run_scripts/table_preference.py [--dataset ml-100k] [--shots 16 64 256] [--seeds 0 1 2] \
+        [--systems zero_shot tallrec explainrec no_attribution no_multimodal no_multitask SASRec GRU4Rec] \
+        [--test_samples 1000] [--out results/preference_ml-100k.md] [--key=value ...]
+
+Preference samples by TALLRec's protocol (`mmprefer preferences`); for each seed
+the few-shot training sets are the first 16 / 64 / 256 train samples in the order
+shuffled by that seed (``preference_shot_seed``), the same for every system.
+Every system is scored on the same first ``--test_samples`` test windows: the
+frozen LLM (zero-shot), TALLRec, ExplainRec and its ablations (LoRA-tuned, the
+bundled LLM unless ``--llm_path``), and RecBole's SASRec and GRU4Rec trained
+with BCE on the same few-shot samples (``--conventional_epochs``). Models and
+scores land under ``<run_dir>/preference_table/``; a rerun skips what is up to
+date, so the table can be built across sessions. Reported: AUC (mean and
+population std over seeds) per system and shot count, a PNG of AUC against
+shots, and a paired bootstrap of ExplainRec against TALLRec on the same test
+windows (``--bootstrap`` resamples) per shot count and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LLM_SYSTEMS = {
+    "tallrec": ("TALLRec", {"preference_system": "tallrec"}),
+    "explainrec": ("ExplainRec", {"preference_system": "explainrec"}),
+    "no_attribution": ("ExplainRec w/o attribution", {"preference_system": "explainrec",
+                                                      "explainrec_attribution": False}),
+    "no_multimodal": ("ExplainRec w/o multimodal", {"preference_system": "explainrec",
+                                                    "explainrec_multimodal": False}),
+    "no_multitask": ("ExplainRec w/o multi-task", {"preference_system": "explainrec", "explainrec_multitask": False}),
+}
+CONVENTIONAL = ("SASRec", "GRU4Rec")
+
+
+def parse_arguments() -> Tuple[argparse.Namespace, str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--shots", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--systems", nargs="+", default=["zero_shot", *LLM_SYSTEMS, *CONVENTIONAL],
+                        choices=["zero_shot", *LLM_SYSTEMS, *CONVENTIONAL])
+    parser.add_argument("--test_samples", type=int, default=1000)
+    parser.add_argument("--conventional_epochs", type=int, default=50)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--out", default=None)
+    args, overrides = parser.parse_known_args()
+    command = "python run_scripts/table_preference.py " + " ".join(sys.argv[1:])
+    sys.argv = [sys.argv[0], *overrides]  # RecBole's Config reads --key=value from argv
+    return args, command.strip()
+
+
+def config_for(dataset: str, **keys):
+    from recbole_mmprefer.config import Config
+
+    return Config(model="MMPSASRec", dataset=dataset, config_dict=keys)
+
+
+def llm_scores(args, config, system: str, shots: int, seed: int) -> Tuple[List[int], List[float]]:
+    from recbole_mmprefer.artifacts import run_dir
+    from recbole_mmprefer.data.features import build_features
+    from recbole_mmprefer.jsonl import read_records
+    from recbole_mmprefer.preference.score import score_preferences
+    from recbole_mmprefer.preference.train import train_preference_model
+
+    base = Path(run_dir(config)) / "preference_table"
+    if system == "zero_shot":
+        stage = config_for(args.dataset, preference_system="tallrec")
+        out = score_preferences(stage, None, "test", base / "scores" / "zero_shot.jsonl",
+                                max_samples=args.test_samples)
+    else:
+        stage = config_for(args.dataset, preference_shots=shots, preference_shot_seed=seed,
+                           **LLM_SYSTEMS[system][1])
+        if stage["preference_system"] == "explainrec" and stage["explainrec_multimodal"]:
+            for modality in stage["modalities"]:
+                build_features(stage, modality)
+        from recbole_mmprefer.data.preferences import build_preferences
+
+        build_preferences(stage)  # the few-shot order of this seed
+        name = f"{system}-{shots}shot-seed{seed}"
+        model_dir = train_preference_model(stage, base / "models" / name)
+        out = score_preferences(stage, model_dir, "test", base / "scores" / f"{name}.jsonl",
+                                max_samples=args.test_samples)
+    rows = read_records(out)
+    return [row["label"] for row in rows], [row["p_yes"] for row in rows]
+
+
+def conventional_scores(args, model_name: str, shots: int, seed: int) -> Tuple[List[int], List[float]]:
+    from recbole.data import create_dataset
+
+    from recbole_mmprefer.config import Config
+    from recbole_mmprefer.data.preferences import build_preferences, few_shot, read_preferences
+    from recbole_mmprefer.preference.conventional import build_scorer, score_with, train_scorer
+
+    config = Config(model=model_name, dataset=args.dataset, config_dict={"preference_shot_seed": seed})
+    build_preferences(config)
+    samples = read_preferences(config)
+    test = [s for s in samples if s["split"] == "test"][:args.test_samples]
+    scorer = build_scorer(model_name, config, create_dataset(config))
+    train_scorer(scorer, few_shot(samples, shots), args.conventional_epochs, 1e-3, 16, seed)
+    return [s["label"] for s in test], score_with(scorer, test)
+
+
+def paired_bootstrap(labels, first, second, resamples: int, seed: int) -> Dict[str, float]:
+    """Mean AUC(first) - AUC(second) over bootstrap resamples of the test windows, its 95% interval, and the share
+    of resamples where it is not above 0."""
+    from recbole_mmprefer.preference.score import auc
+
+    labels, first, second = map(np.asarray, (labels, first, second))
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(resamples):
+        picked = rng.integers(0, len(labels), len(labels))
+        if len(set(labels[picked])) < 2:
+            continue
+        differences.append(auc(labels[picked], first[picked]) - auc(labels[picked], second[picked]))
+    differences = np.asarray(differences)
+    return {"difference": float(differences.mean()), "low": float(np.percentile(differences, 2.5)),
+            "high": float(np.percentile(differences, 97.5)), "p_not_better": float((differences <= 0).mean())}
+
+
+def main() -> None:
+    args, command = parse_arguments()
+    from recbole_mmprefer.preference.score import auc
+
+    config = config_for(args.dataset)
+    results: Dict[str, Dict[int, List[float]]] = {}
+    kept: Dict[Tuple[str, int, int], Tuple[List[int], List[float]]] = {}
+    for seed in args.seeds:
+        for shots in args.shots:
+            for system in args.systems:
+                if system in CONVENTIONAL:
+                    labels, scores = conventional_scores(args, system, shots, seed)
+                else:
+                    labels, scores = llm_scores(args, config, system, shots, seed)
+                kept[(system, shots, seed)] = (labels, scores)
+                results.setdefault(system, {}).setdefault(shots, []).append(auc(labels, scores))
+                print(f"seed {seed}, {shots} shots, {system}: AUC {results[system][shots][-1]:.4f}", flush=True)
+    write_report(args, command, results, kept)
+
+
+def label_of(system: str) -> str:
+    return {"zero_shot": "zero-shot (frozen LLM)"}.get(system, LLM_SYSTEMS.get(system, (system,))[0])
+
+
+def write_report(args, command: str, results, kept) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(args.out or HERE.parent / "results" / f"preference_{args.dataset}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Preference prediction on {args.dataset}: AUC against shots", "",
+             f"AUC on the first {args.test_samples} test windows (TALLRec's protocol), mean and population std over "
+             f"seeds {args.seeds} (each seed draws its own few-shot sets).", "",
+             "| system | " + " | ".join(f"{shots} shots" for shots in args.shots) + " |",
+             "|---|" + "---|" * len(args.shots)]
+    for system, by_shots in results.items():
+        cells = [f"{np.mean(by_shots[s]):.4f} ± {np.std(by_shots[s]):.4f}" for s in args.shots]
+        lines.append(f"| {label_of(system)} | " + " | ".join(cells) + " |")
+    if "explainrec" in results and "tallrec" in results:
+        lines += ["", "Paired bootstrap, ExplainRec minus TALLRec (same test windows):", "",
+                  "| shots | seed | AUC difference | 95% interval | share of resamples <= 0 |", "|---|---|---|---|---|"]
+        for shots in args.shots:
+            for seed in args.seeds:
+                labels, ours = kept[("explainrec", shots, seed)]
+                test = paired_bootstrap(labels, ours, kept[("tallrec", shots, seed)][1], args.bootstrap, seed)
+                lines.append(f"| {shots} | {seed} | {test['difference']:+.4f} | [{test['low']:+.4f}, "
+                             f"{test['high']:+.4f}] | {test['p_not_better']:.3f} |")
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for system, by_shots in results.items():
+        axis.errorbar(args.shots, [np.mean(by_shots[s]) for s in args.shots],
+                      yerr=[np.std(by_shots[s]) for s in args.shots], marker="o", capsize=3, label=label_of(system))
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("training samples (shots)")
+    axis.set_ylabel("test AUC")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out.with_suffix(".png"), dpi=100)
+    lines += ["", f"Figure: {out.with_suffix('.png').name}", "", f"Command: `{command}`", ""]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
