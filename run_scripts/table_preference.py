@@ -81,9 +81,6 @@ def llm_scores(args, config, system: str, shots: int, seed: int) -> Tuple[List[i
         if stage["preference_system"] == "explainrec" and stage["explainrec_multimodal"]:
             for modality in stage["modalities"]:
                 build_features(stage, modality)
-        from recbole_mmprefer.data.preferences import build_preferences
-
-        build_preferences(stage)  # the few-shot order of this seed
         name = f"{system}-{shots}shot-seed{seed}"
         model_dir = train_preference_model(stage, base / "models" / name)
         out = score_preferences(stage, model_dir, "test", base / "scores" / f"{name}.jsonl",
@@ -96,11 +93,10 @@ def conventional_scores(args, model_name: str, shots: int, seed: int) -> Tuple[L
     from recbole.data import create_dataset
 
     from recbole_mmprefer.config import Config
-    from recbole_mmprefer.data.preferences import build_preferences, few_shot, read_preferences
+    from recbole_mmprefer.data.preferences import few_shot, read_preferences
     from recbole_mmprefer.preference.conventional import build_scorer, score_with, train_scorer
 
     config = Config(model=model_name, dataset=args.dataset, config_dict={"preference_shot_seed": seed})
-    build_preferences(config)
     samples = read_preferences(config)
     test = [s for s in samples if s["split"] == "test"][:args.test_samples]
     scorer = build_scorer(model_name, config, create_dataset(config))
@@ -128,12 +124,14 @@ def paired_bootstrap(labels, first, second, resamples: int, seed: int) -> Dict[s
 
 def main() -> None:
     args, command = parse_arguments()
+    from recbole_mmprefer.data.preferences import build_preferences
     from recbole_mmprefer.preference.score import auc
 
     config = config_for(args.dataset)
     results: Dict[str, Dict[int, List[float]]] = {}
     kept: Dict[Tuple[str, int, int], Tuple[List[int], List[float]]] = {}
     for seed in args.seeds:
+        build_preferences(config_for(args.dataset, preference_shot_seed=seed))  # this seed's few-shot order
         for shots in args.shots:
             for system in args.systems:
                 if system in CONVENTIONAL:

@@ -32,8 +32,9 @@ from recbole_mmprefer.utils import file_sha256, json_sha256, read_lines, write_l
 logger = logging.getLogger(__name__)
 
 # Property files of the stages after the recommender: their keys never change its vectors.
-LATER_STAGE_FILES = ("evaluation", "explainer", "explainer_graph", "explainer_training", "llm", "pipeline",
-                     "profiles", "retrieval")
+# The stage files whose keys the recommender reads; every other properties/*.yaml belongs to a later stage (or
+# another system), so adding one never makes trained vectors stale.
+RECOMMENDER_FILES = ("overall", "features", "quantizer")
 # Keys of where and how a run happens, not of what it computes.
 RUN_KEYS = {"device", "gpu_id", "use_gpu", "show_progress", "state", "log_wandb", "wandb_project", "worker",
             "local_rank", "world_size", "nproc", "ip", "port", "offset", "single_spec", "config_files",
@@ -43,9 +44,10 @@ RUN_KEYS = {"device", "gpu_id", "use_gpu", "show_progress", "state", "log_wandb"
 
 def _later_stage_keys() -> Set[str]:
     keys: Set[str] = set()
-    for name in LATER_STAGE_FILES:
-        with open(properties_dir() / f"{name}.yaml", encoding="utf-8") as handle:
-            keys.update(yaml.safe_load(handle) or {})
+    for path in sorted(properties_dir().glob("*.yaml")):
+        if path.stem not in RECOMMENDER_FILES:
+            with open(path, encoding="utf-8") as handle:
+                keys.update(yaml.safe_load(handle) or {})
     return keys
 
 
