@@ -15,11 +15,13 @@ saves beside its weights).
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any, ClassVar, Dict, Optional, Sequence, Type, TypeVar
 
 import numpy as np
 
-from recbole_mmprefer.errors import InputError
+from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.resources import stage_setting
 
 S = TypeVar("S", bound="StageSettings")
@@ -113,3 +115,20 @@ def check_str_list(key: str, value) -> list:
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
         raise InputError(f"{key} must be a list of names, got {value!r}")
     return list(value)
+
+
+# -- saved beside a trained model --------------------------------------------------------------------
+
+
+def write_settings_file(path: Path, keys: Dict[str, Any]) -> Path:
+    """The keys a trained model depends on, as sorted JSON (``explainer_config.json``, ...)."""
+    Path(path).write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def read_settings_file(path: Path, what: str, command: str) -> Dict[str, Any]:
+    """Keys saved by :func:`write_settings_file`; MissingInputError naming the command that writes them."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"No {path.name} in {path.parent}: it is not a {what} (`{command}` writes one)")
+    return json.loads(path.read_text(encoding="utf-8"))

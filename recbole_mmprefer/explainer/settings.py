@@ -12,7 +12,6 @@ was trained with. How to train (:class:`TrainingSettings`) and how to decode
 from __future__ import annotations
 
 import functools
-import json
 import string
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from recbole_mmprefer.data.explanations import SPLITS
-from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.llm import DTYPES
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.settings import (
@@ -32,6 +31,8 @@ from recbole_mmprefer.settings import (
     check_int,
     check_optional_int,
     check_str_list,
+    read_settings_file,
+    write_settings_file,
 )
 
 MAX_PATHS = 5
@@ -337,15 +338,10 @@ class ExplainerConfig:
         return replace(self, prompt=replace(self.prompt, max_new_tokens=max_new_tokens))
 
     def save(self, folder: Path) -> Path:
-        path = Path(folder) / CONFIG_FILE
-        path.write_text(json.dumps(self.to_config(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        return write_settings_file(Path(folder) / CONFIG_FILE, self.to_config())
 
     @classmethod
     def load(cls, folder: Path, config=None) -> "ExplainerConfig":
         """The config saved with a trained explainer (``explainer_config.json``)."""
-        path = Path(folder) / CONFIG_FILE
-        if not path.is_file():
-            raise MissingInputError(f"No {CONFIG_FILE} in {folder}: it is not a trained explainer folder "
-                                    "(`mmprefer train` writes one)")
-        return cls.from_keys(json.loads(path.read_text(encoding="utf-8")), config)
+        return cls.from_keys(read_settings_file(Path(folder) / CONFIG_FILE, "trained explainer folder",
+                                                "mmprefer train"), config)

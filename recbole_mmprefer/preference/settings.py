@@ -7,12 +7,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.settings import LlmSettings, LoraSettings, check_bf16
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.settings import (
@@ -22,6 +21,8 @@ from recbole_mmprefer.settings import (
     check_float,
     check_int,
     check_optional_int,
+    read_settings_file,
+    write_settings_file,
 )
 
 CONFIG_FILE = "preference_config.json"
@@ -145,21 +146,14 @@ class PreferenceModelConfig:
                 **self.llm.to_config(), **(self.explainrec.to_config() if self.explainrec else {}), "seed": self.seed}
 
     def save(self, folder: Path) -> Path:
-        path = Path(folder) / CONFIG_FILE
-        path.write_text(json.dumps(self.to_config(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        return write_settings_file(Path(folder) / CONFIG_FILE, self.to_config())
 
     @classmethod
     def load(cls, folder: Path, config=None) -> "PreferenceModelConfig":
         """The saved config; ``config`` only says where converted LLMs are cached (``llm_cache_dir``)."""
-        path = Path(folder) / CONFIG_FILE
-        if not path.is_file():
-            raise MissingInputError(f"No {CONFIG_FILE} in {folder}: it is not a tuned preference model "
-                                    "(`mmprefer preference-train` writes one)")
-        keys: Dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
-        if config is not None:
-            keys["llm_cache_dir"] = stage_setting(config, "llm_cache_dir")
-        return cls.from_config(keys)
+        keys = read_settings_file(Path(folder) / CONFIG_FILE, "tuned preference model",
+                                  "mmprefer preference-train")
+        return cls.from_config({**keys, "llm_cache_dir": stage_setting(config, "llm_cache_dir")})
 
     def zero_shot(self) -> "PreferenceModelConfig":
         from dataclasses import replace
