@@ -4,6 +4,7 @@ three losses and the task weights, and a tuning run through the CLI."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,35 @@ def test_mmprefer_run_task_preference_reports_every_systems_auc(tmp_path, tiny_e
     assert report.count("- user a, target") == 2
     models = sorted(folder.name for folder in (tmp_path / "run" / "preference_models").iterdir())
     assert models == ["explainrec-2shot", "tallrec-2shot"]
+
+
+def test_reviews_become_reasons_and_generated_reasons_are_scored(tmp_path, tiny_encoder):
+    from test_preferences import INTERACTIONS
+
+    from recbole_mmprefer.data.preferences import read_preferences
+    from recbole_mmprefer.preference.reasons import reference_reason
+
+    root = write_rated_dataset(tmp_path / "data")
+    reviews = [{"user_id": u, "item_id": i, "text": f"{'comedy' if r > 3 else 'horror'} story. More words here.",
+                "timestamp": t} for u, i, r, t in INTERACTIONS]
+    (root / "rated" / "rated.reviews.jsonl").write_text("".join(json.dumps(line) + "\n" for line in reviews))
+    llama = write_answer_llama(tmp_path / "llama")
+    common = ["--dataset", "rated", f"--data_path={root}", f"--run_dir={tmp_path / 'run'}",
+              "--text_fields=['title', 'year']", "--load_col=None", "--preference_history_length=2",
+              "--preference_split_ratios=[0.6, 0.0, 0.4]", f"--llm_path={llama}", "--preference_epochs=1",
+              "--preference_system=explainrec", "--explainrec_multimodal=False", "--preference_reason_samples=2",
+              "--preference_reason_max_tokens=4", f"--eval_bertscore_model={tiny_encoder}"]
+    assert mmprefer(["preferences", *common]) == 0
+    first = read_preferences(__import__("recbole_mmprefer.config", fromlist=["Config"]).Config(
+        model="MMPSASRec", dataset="rated", config_dict={"data_path": str(root), "run_dir": str(tmp_path / "run")}))[0]
+    assert first["review"] == "horror story." and first["history"][0]["reason"] == "comedy story."
+    assert reference_reason(first) == "horror story."
+    assert mmprefer(["preference-train", *common]) == 0
+    model_dir = tmp_path / "run" / "preference_models" / "explainrec-no_multimodal-all"
+    assert mmprefer(["preference-score", *common, "--model_dir", str(model_dir)]) == 0
+    out_file = tmp_path / "run" / "preference_scores" / "explainrec-no_multimodal-all-windows-test.jsonl"
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert all(isinstance(row["reason"], str) for row in rows)
+    reasons = json.loads(Path(f"{out_file}.meta.json").read_text())["reasons"]
+    assert reasons["generated"] == 2 and reasons["with_reference"] == 2
+    assert 0 <= reasons["bleu_4"] <= 100 and -1 <= reasons["bertscore_f1"] <= 1

@@ -114,6 +114,16 @@ def test_long_text_is_truncated_not_fatal(evaluator):
     assert evaluator.truncate(REFERENCE) is None
 
 
+def test_an_encoder_saved_without_a_length_limit_scores_long_texts(tiny_encoder):
+    """A tokenizer without model_max_length (transformers gives ~1e30) takes the encoder's position limit."""
+    evaluator = BERTScoreEvaluator(str(tiny_encoder))
+    assert evaluator.tokenizer.model_max_length > 1e20 and evaluator.max_length == 64
+    long = " ".join(["drama movie"] * 100)
+    results = evaluator.score([long, "comedy movie"], ["drama movie", long])
+    assert np.isfinite(results["bertscore_f1"].per_sample).all()
+    assert results["bertscore_f1"].notes["truncated_candidates"] == 1
+
+
 def test_baseline_rescales_scores_and_empty_pairs(evaluator, tmp_path):
     baseline = tmp_path / "baseline.tsv"
     baseline.write_text("LAYER,P,R,F\n" + "".join(f"{layer},0.5,0.5,0.5\n" for layer in range(7)))

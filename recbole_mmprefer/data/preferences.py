@@ -29,9 +29,12 @@ one sample per line::
                   "rating": 3.0}, ...], "shot_rank": 17}
 
 (``groups``: the item's genres or categories, ``profile_user_group_field`` or
-the usual group field of ``.item``; ``user_id``, ``rating``, ``timestamp`` and
-``shot_rank`` are null where unknown) and ``report.json``: counts per split and label, histories with no
-liked or no disliked item, unmatched titles.
+the usual group field of ``.item``; ``review`` (the target's) and each history
+item's ``reason``: the first sentence of the user's review of it where the data
+set has ``<dataset>.reviews.jsonl``, else ""; ``user_id``, ``rating``,
+``timestamp`` and ``shot_rank`` are null where unknown) and ``report.json``:
+counts per split and label, histories with no liked or no disliked item,
+unmatched titles.
 """
 
 from __future__ import annotations
@@ -108,6 +111,18 @@ def item_groups(config) -> Dict[str, List[str]]:
                                                                items[field])}
 
 
+def review_reasons(config) -> Dict[Tuple[str, str], str]:
+    """The first sentence (``profile_review_words`` words at most) of each (user, item) review in
+    ``<dataset>.reviews.jsonl``; {} without that file."""
+    from recbole_mmprefer.data.profile_inputs import read_reviews
+    from recbole_mmprefer.data.profile_templates import review_summary
+
+    reviews = read_reviews(dataset_file(config, "reviews.jsonl"))
+    words = int(stage_setting(config, "profile_review_words"))
+    return {(user, item): review_summary(text, words) for user, pairs in reviews.by_user.items()
+            for item, text in pairs if text.strip()}
+
+
 def item_titles(config) -> Dict[str, str]:
     """``"<title> (<year>)"`` by item token: the first ``text_fields`` field and the first year field among them
     (ml-100k: ``movie_title``, ``release_year``); {} without a ``.item`` file."""
@@ -155,11 +170,12 @@ def rating_frame(config) -> pd.DataFrame:
 
 
 def build_windows(frame: pd.DataFrame, settings: PreferenceSettings, titles: Dict[str, str],
-                  groups: Optional[Dict[str, List[str]]] = None) -> List[dict]:
+                  groups: Optional[Dict[str, List[str]]] = None,
+                  reviews: Optional[Dict[Tuple[str, str], str]] = None) -> List[dict]:
     """Every history window of every user (users in order of first appearance), the last ``settings.windows``
     of them, split in order; see the module docstring."""
     first_seen = {user: n for n, user in enumerate(pd.unique(frame.sort_index()["user_id"]))}
-    length, samples, groups = settings.history_length, [], groups or {}
+    length, samples, groups, reviews = settings.history_length, [], groups or {}, reviews or {}
     for user, rows in sorted(frame.groupby("user_id", sort=False), key=lambda group: first_seen[group[0]]):
         items, ratings = list(rows["item_id"]), list(rows["rating"])
         liked = [rating > settings.like_threshold for rating in ratings]
@@ -169,8 +185,10 @@ def build_windows(frame: pd.DataFrame, settings: PreferenceSettings, titles: Dic
                 "user_id": str(user), "item_id": str(items[at]), "title": titles.get(str(items[at]), ""),
                 "groups": groups.get(str(items[at]), []), "label": int(liked[at]), "rating": float(ratings[at]),
                 "timestamp": None if pd.isna(times[at]) else int(times[at]),
+                "review": reviews.get((str(user), str(items[at])), ""),
                 "history": [{"item_id": str(item), "title": titles.get(str(item), ""),
-                             "groups": groups.get(str(item), []), "liked": bool(flag), "rating": float(rating)}
+                             "groups": groups.get(str(item), []), "liked": bool(flag), "rating": float(rating),
+                             "reason": reviews.get((str(user), str(item)), "")}
                             for item, flag, rating in zip(items[at - length:at], liked[at - length:at],
                                                           ratings[at - length:at])]})
     samples = samples[-settings.windows:]
@@ -274,12 +292,13 @@ def import_tallrec_json(path: Path, titles: Optional[Dict[str, str]], split: str
     samples = []
     for number, record in enumerate(records):
         liked, disliked, target, label = parse_tallrec_sample(record, f"{path}, sample {number}")
-        history = [{"item_id": token, "title": t, "groups": groups.get(token, []), "liked": flag, "rating": None}
+        history = [{"item_id": token, "title": t, "groups": groups.get(token, []), "liked": flag, "rating": None,
+                    "reason": ""}
                    for t, flag in [(t, True) for t in liked] + [(t, False) for t in disliked] for token in [item(t)]]
         token = item(target)
         samples.append({"user_id": None, "item_id": token, "title": target, "groups": groups.get(token, []),
-                        "label": label, "rating": None, "timestamp": None, "history": history, "index": number,
-                        "split": split, "shot_rank": None})
+                        "label": label, "rating": None, "timestamp": None, "review": "", "history": history,
+                        "index": number, "split": split, "shot_rank": None})
     mentions = sum(len(sample["history"]) + 1 for sample in samples)
     missed = sum(unmatched.values())
     report = {"source": str(path), "samples": len(samples), "title_mentions": mentions,
@@ -327,7 +346,7 @@ def build_preferences(config, force: bool = False) -> Path:
     """TALLRec-protocol windows of the data set (see the module docstring); skipped when up to date."""
     settings = PreferenceSettings.from_config(config)
     seed = settings.shot_seed if settings.shot_seed is not None else int(stage_setting(config, "seed"))
-    files = {suffix: file_sha256(dataset_file(config, suffix)) for suffix in ("inter", "item")
+    files = {suffix: file_sha256(dataset_file(config, suffix)) for suffix in ("inter", "item", "reviews.jsonl")
              if dataset_file(config, suffix).is_file()}
     input_hash = json_sha256({"settings": settings.to_config(), "seed": seed, "files": files,
                               "fields": [stage_setting(config, key) for key in
@@ -336,7 +355,8 @@ def build_preferences(config, force: bool = False) -> Path:
     if not force and ARTIFACTS["preferences"].is_fresh(config, input_hash, name=WINDOWS):
         logger.info("Preference samples are up to date in %s", ARTIFACTS["preferences"].dir(config, name=WINDOWS))
         return ARTIFACTS["preferences"].dir(config, name=WINDOWS)
-    samples = build_windows(rating_frame(config), settings, item_titles(config), item_groups(config))
+    samples = build_windows(rating_frame(config), settings, item_titles(config), item_groups(config),
+                            review_reasons(config))
     if not samples:
         raise InputError(f"no user of {dataset_file(config, 'inter')} has more than {settings.history_length} "
                          "interactions: there is no preference window (lower preference_history_length)")

@@ -226,6 +226,9 @@ class BERTScoreEvaluator:
             device=device, lang="en" if self.baseline_path else None,  # lang only names the unused default baseline
             rescale_with_baseline=self.baseline_path is not None,
             baseline_path=str(self.baseline_path) if self.baseline_path else None)
+        # bert-score truncates at its tokenizer's model_max_length, which a tokenizer saved without one gives
+        # as ~1e30 (too big for the fast tokenizer): use the limit the encoder really has
+        self.scorer._tokenizer.model_max_length = self.max_length
         self._check_baseline_has_layer()
 
     @classmethod

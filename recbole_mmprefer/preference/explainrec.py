@@ -257,6 +257,32 @@ class ExplainRecModel(PreferenceModel):
         return self.combine(losses), parts
 
     @torch.no_grad()
+    def generate_reasons(self, samples: Sequence[dict], answers: Sequence[int], max_new_tokens: int,
+                         batch_size: int = 8) -> List[str]:
+        """The reason the model gives after the answer it chose (``answers``: 1 Yes, 0 No), greedily."""
+        if not self.explainrec.attribution:
+            raise InputError("reasons are generated under explainrec_attribution only")
+        prefix = list(self.tokenizer(" Reason:", add_special_tokens=False)["input_ids"])
+        examples = []
+        for sample, answer in zip(samples, answers):
+            example = self.examples(sample, with_answers=False)[0]
+            tail = list(self.tokenizer(answer_text(answer, self.tokenizer), add_special_tokens=False)["input_ids"])
+            example.input_ids = example.input_ids + tail + prefix
+            example.labels = example.labels + [IGNORE_INDEX] * (len(tail) + len(prefix))
+            examples.append(example)
+        reasons: List[str] = []
+        causal_lm = self.causal_lm()
+        for start in range(0, len(examples), batch_size):
+            batch = self.collate(examples[start:start + batch_size])
+            embeds = self.embeddings(batch, batch.get("features"))
+            output = causal_lm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
+                                        max_new_tokens=int(max_new_tokens), do_sample=False,
+                                        pad_token_id=self.tokenizer.pad_token_id,
+                                        eos_token_id=self.tokenizer.eos_token_id)
+            reasons += [text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)]
+        return reasons
+
+    @torch.no_grad()
     def score(self, batch: Dict[str, object]) -> Tensor:
         logits, _ = self.answer_logits_at(self.hidden_of(batch, batch.get("features")), batch["answer_position"])
         return torch.softmax(logits, dim=-1)[:, 0]

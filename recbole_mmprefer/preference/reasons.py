@@ -8,7 +8,8 @@ the target: the liked ones speak for it, the disliked ones against it. Its
 target, -1 when fewer, 0 otherwise (no shared group, or a tie).
 
 The **reference reason** of a sample, what ExplainRec learns to say after its
-Yes/No answer, verbalises the attribution, e.g.::
+Yes/No answer, is the user's own review of the target where the data set has
+reviews, and otherwise verbalises the attribution, e.g.::
 
     It is Comedy, like "Alpha (1990)", which the user liked, and like "Gamma", which the user disliked.
     It shares no genre with the items the user rated.
@@ -66,7 +67,10 @@ def history_with_reasons(entries: Sequence[dict]) -> str:
 
 
 def reference_reason(sample: dict) -> str:
-    """The attribution in words (see the module docstring)."""
+    """The user's own review of the target where there is one (a reference written by the user), else the
+    attribution in words (see the module docstring)."""
+    if sample.get("review"):
+        return str(sample["review"])
     found = attribution(sample)
     if not found.shared_groups:
         return "It shares no genre with the items the user rated."

@@ -28,6 +28,7 @@ from recbole_mmprefer.jsonl import write_jsonl
 from recbole_mmprefer.preference.model import PreferenceModel
 from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
 from recbole_mmprefer.preference.train import ADAPTER_FILE, build_preference_model, features_fingerprint, sample_keys
+from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import file_sha256, json_sha256
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ def score_preferences(config, model_dir: Optional[Path] = None, split: str = "te
     settings = (PreferenceModelConfig.load(model_dir, config) if model_dir is not None
                 else PreferenceModelConfig.from_config(config).zero_shot())
     input_hash = json_sha256({"samples": sample_keys(samples), "settings": settings.to_config(),
+                              "reasons": [stage_setting(config, key) for key in ("preference_reason_samples",
+                                                                                 "preference_reason_max_tokens")],
                               "llm": llm_identity(settings.llm), "bf16": training.bf16,
                               "features": features_fingerprint(settings, config),
                               "adapter": file_sha256(Path(model_dir) / ADAPTER_FILE) if model_dir else None})
@@ -93,13 +96,37 @@ def score_preferences(config, model_dir: Optional[Path] = None, split: str = "te
     scores = score_samples(model, samples, training.score_batch_size, training.bf16)
     records = [{"index": s["index"], "user_id": s["user_id"], "item_id": s["item_id"], "label": s["label"],
                 "p_yes": score} for s, score in zip(samples, scores)]
+    reasons = explain_reasons(config, model, samples, scores, records)
     write_jsonl(out_file, records)
     result = auc([s["label"] for s in samples], scores)
     write_meta(out_file, input_hash, {"auc": result, "samples": len(samples), "split": split,
                                       "samples_name": samples_name, "model_dir": str(model_dir) if model_dir else None,
-                                      "zero_shot": model_dir is None}, is_file=True)
+                                      "zero_shot": model_dir is None, "reasons": reasons}, is_file=True)
     logger.info("AUC %.4f over %d %s samples; scores in %s", result, len(samples), split, out_file)
     return out_file
+
+
+def explain_reasons(config, model, samples: Sequence[dict], scores: Sequence[float],
+                    records: List[dict]) -> Optional[Dict[str, object]]:
+    """ExplainRec's reasons for the first ``preference_reason_samples`` samples (added to their records) and,
+    where the samples carry the user's own review as a reference, their BLEU-4 and BERTScore against it."""
+    count = int(stage_setting(config, "preference_reason_samples") or 0)
+    if getattr(model, "explainrec", None) is None or not model.explainrec.attribution or count <= 0:
+        return None
+    chosen = list(range(min(count, len(samples))))
+    texts = model.generate_reasons([samples[n] for n in chosen], [int(scores[n] >= 0.5) for n in chosen],
+                                   int(stage_setting(config, "preference_reason_max_tokens")))
+    for n, text in zip(chosen, texts):
+        records[n]["reason"] = text
+    pairs = [(text, samples[n]["review"]) for n, text in zip(chosen, texts) if samples[n].get("review")]
+    summary: Dict[str, object] = {"generated": len(texts), "with_reference": len(pairs)}
+    if pairs:
+        from recbole_mmprefer.evaluation.metrics import TextMetricSettings, text_metrics
+
+        settings = TextMetricSettings.from_config(config, metrics=["bertscore", "bleu"])
+        results = text_metrics([c for c, _ in pairs], [r for _, r in pairs], settings)
+        summary.update({name: results[name].mean for name in ("bleu_4", "bertscore_f1")})
+    return summary
 
 
 def read_auc(score_file: Path) -> Dict[str, object]:
