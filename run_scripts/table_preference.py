@@ -12,15 +12,18 @@ frozen LLM (zero-shot), TALLRec, ExplainRec and its ablations (LoRA-tuned, the
 bundled LLM unless ``--llm_path``), and RecBole's SASRec and GRU4Rec trained
 with BCE on the same few-shot samples (``--conventional_epochs``). Models and
 scores land under ``<run_dir>/preference_table/``; a rerun skips what is up to
-date, so the table can be built across sessions. Reported: AUC (mean and
-population std over seeds) per system and shot count, a PNG of AUC against
-shots, and a paired bootstrap of ExplainRec against TALLRec on the same test
-windows (``--bootstrap`` resamples) per shot count and seed.
+date; every AUC and bootstrap also goes to ``results/preference_<dataset>.json``
+as it is measured, and a later run (a later session, without saved/) reuses
+what is there, so the table can be built a seed at a time. Reported: AUC
+(mean and population std over seeds) per system and shot count, a PNG of AUC
+against shots, and a paired bootstrap of ExplainRec against TALLRec on the
+same test windows (``--bootstrap`` resamples) per shot count and seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -122,33 +125,65 @@ def paired_bootstrap(labels, first, second, resamples: int, seed: int) -> Dict[s
             "high": float(np.percentile(differences, 97.5)), "p_not_better": float((differences <= 0).mean())}
 
 
+def ledger_path(args) -> Path:
+    return Path(args.out or HERE.parent / "results" / f"preference_{args.dataset}.md").with_suffix(".json")
+
+
+def load_ledger(args) -> dict:
+    """Every AUC and bootstrap measured so far (a run's models live in saved/, which a new session may lack:
+    the ledger in results/ carries the figures from session to session)."""
+    path = ledger_path(args)
+    ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if ledger.get("test_samples") != args.test_samples:
+        ledger = {"test_samples": args.test_samples, "runs": {}, "bootstrap": {}}
+    return ledger
+
+
+def save_ledger(args, ledger: dict) -> None:
+    path = ledger_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
 def main() -> None:
     args, command = parse_arguments()
     from recbole_mmprefer.data.preferences import build_preferences
     from recbole_mmprefer.preference.score import auc
 
     config = config_for(args.dataset)
-    results: Dict[str, Dict[int, List[float]]] = {}
-    kept: Dict[Tuple[str, int, int], Tuple[List[int], List[float]]] = {}
+    ledger = load_ledger(args)
     for seed in args.seeds:
         build_preferences(config_for(args.dataset, preference_shot_seed=seed))  # this seed's few-shot order
         for shots in args.shots:
+            pair = f"{shots}|{seed}"
+            paired = {"explainrec", "tallrec"} <= set(args.systems) and pair not in ledger["bootstrap"]
+            kept = {}
             for system in args.systems:
+                key = f"{system}|{shots}|{seed}"
+                if key in ledger["runs"] and not (paired and system in ("explainrec", "tallrec")):
+                    continue
                 if system in CONVENTIONAL:
                     labels, scores = conventional_scores(args, system, shots, seed)
                 else:
                     labels, scores = llm_scores(args, config, system, shots, seed)
-                kept[(system, shots, seed)] = (labels, scores)
-                results.setdefault(system, {}).setdefault(shots, []).append(auc(labels, scores))
-                print(f"seed {seed}, {shots} shots, {system}: AUC {results[system][shots][-1]:.4f}", flush=True)
-    write_report(args, command, results, kept)
+                kept[system] = (labels, scores)
+                ledger["runs"][key] = {"auc": auc(labels, scores)}
+                save_ledger(args, ledger)
+                print(f"seed {seed}, {shots} shots, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
+            if paired:
+                labels, ours = kept["explainrec"]
+                ledger["bootstrap"][pair] = paired_bootstrap(labels, ours, kept["tallrec"][1], args.bootstrap, seed)
+                save_ledger(args, ledger)
+    write_report(args, command, ledger)
 
 
 def label_of(system: str) -> str:
     return {"zero_shot": "zero-shot (frozen LLM)"}.get(system, LLM_SYSTEMS.get(system, (system,))[0])
 
 
-def write_report(args, command: str, results, kept) -> None:
+def write_report(args, command: str, ledger: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,34 +191,41 @@ def write_report(args, command: str, results, kept) -> None:
 
     out = Path(args.out or HERE.parent / "results" / f"preference_{args.dataset}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Dict[int, List[float]]] = {}
+    seeds = sorted({int(key.split("|")[2]) for key in ledger["runs"]})
+    for key, run in sorted(ledger["runs"].items()):
+        system, shots, _ = key.split("|")
+        results.setdefault(system, {}).setdefault(int(shots), []).append(run["auc"])
+    shot_counts = sorted({shots for by_shots in results.values() for shots in by_shots})
     lines = [f"# Preference prediction on {args.dataset}: AUC against shots", "",
              f"AUC on the first {args.test_samples} test windows (TALLRec's protocol), mean and population std over "
-             f"seeds {args.seeds} (each seed draws its own few-shot sets).", "",
-             "| system | " + " | ".join(f"{shots} shots" for shots in args.shots) + " |",
-             "|---|" + "---|" * len(args.shots)]
+             f"the seeds measured ({seeds}; each seed draws its own few-shot sets; n = seeds per cell).", "",
+             "| system | " + " | ".join(f"{shots} shots" for shots in shot_counts) + " |",
+             "|---|" + "---|" * len(shot_counts)]
     for system, by_shots in results.items():
-        cells = [f"{np.mean(by_shots[s]):.4f} ± {np.std(by_shots[s]):.4f}" for s in args.shots]
+        cells = [f"{np.mean(by_shots[s]):.4f} ± {np.std(by_shots[s]):.4f} (n={len(by_shots[s])})"
+                 if s in by_shots else "" for s in shot_counts]
         lines.append(f"| {label_of(system)} | " + " | ".join(cells) + " |")
-    if "explainrec" in results and "tallrec" in results:
+    if ledger["bootstrap"]:
         lines += ["", "Paired bootstrap, ExplainRec minus TALLRec (same test windows):", "",
                   "| shots | seed | AUC difference | 95% interval | share of resamples <= 0 |", "|---|---|---|---|---|"]
-        for shots in args.shots:
-            for seed in args.seeds:
-                labels, ours = kept[("explainrec", shots, seed)]
-                test = paired_bootstrap(labels, ours, kept[("tallrec", shots, seed)][1], args.bootstrap, seed)
-                lines.append(f"| {shots} | {seed} | {test['difference']:+.4f} | [{test['low']:+.4f}, "
-                             f"{test['high']:+.4f}] | {test['p_not_better']:.3f} |")
+        for pair, test in sorted(ledger["bootstrap"].items(), key=lambda item: tuple(map(int, item[0].split("|")))):
+            shots, seed = pair.split("|")
+            lines.append(f"| {shots} | {seed} | {test['difference']:+.4f} | [{test['low']:+.4f}, "
+                         f"{test['high']:+.4f}] | {test['p_not_better']:.3f} |")
     figure, axis = plt.subplots(figsize=(6, 4))
     for system, by_shots in results.items():
-        axis.errorbar(args.shots, [np.mean(by_shots[s]) for s in args.shots],
-                      yerr=[np.std(by_shots[s]) for s in args.shots], marker="o", capsize=3, label=label_of(system))
+        shots = sorted(by_shots)
+        axis.errorbar(shots, [np.mean(by_shots[s]) for s in shots], yerr=[np.std(by_shots[s]) for s in shots],
+                      marker="o", capsize=3, label=label_of(system))
     axis.set_xscale("log", base=2)
     axis.set_xlabel("training samples (shots)")
     axis.set_ylabel("test AUC")
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out.with_suffix(".png"), dpi=100)
-    lines += ["", f"Figure: {out.with_suffix('.png').name}", "", f"Command: `{command}`", ""]
+    lines += ["", f"Figure: {out.with_suffix('.png').name}; every figure: {ledger_path(args).name}", "",
+              f"Command (last run): `{command}`", ""]
     out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
 

@@ -136,6 +136,7 @@ def export(model_dir: Path, out: Path, table: pd.DataFrame, datasets: List[str],
     with atomic_directory(out) as staging:
         for name in (ADAPTER_FILE, CONFIG_FILE):
             shutil.copy(model_dir / name, staging / name)
+            (staging / name).chmod(0o644)  # package data: readable by every user of the installation
         write_meta(staging, trained["input_hash"], meta)
     print(f"Wrote {description} to {out} ({(out / ADAPTER_FILE).stat().st_size / 1e6:.1f} MB)")
 
