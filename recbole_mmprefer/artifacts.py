@@ -176,6 +176,8 @@ ARTIFACTS: Dict[str, Artifact] = _declare(
              "mmprefer preferences --dataset {dataset}", "preference samples"),
     Artifact("preference_model", "preference_models/{name}", ("adapter.safetensors", "preference_config.json"),
              "mmprefer preference-train --dataset {dataset}", "tuned preference model"),
+    Artifact("preference_report", "preference_report", ("preference.md",),
+             "mmprefer run --task preference --dataset {dataset}", "preference report"),
     Artifact("preference_scores", "preference_scores", ("{name}.jsonl",),
              "mmprefer preference-score --dataset {dataset}", "preference scores (P(Yes) per sample)", is_file=True),
 )

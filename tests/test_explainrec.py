@@ -182,7 +182,7 @@ def test_mmprefer_run_task_preference_reports_every_systems_auc(tmp_path, tiny_e
                      "--preference_history_length=2", "--preference_split_ratios=[0.6, 0.0, 0.4]",
                      f"--llm_path={llama}", "--preference_epochs=1", "--explainrec_fusion_hidden=8",
                      f"--text_encoder={tiny_encoder}", "--pipeline_preference_shots=2"]) == 0
-    report = (tmp_path / "run" / "report" / "preference.md").read_text()
+    report = (tmp_path / "run" / "preference_report" / "preference.md").read_text()
     for system in ("zero-shot (frozen LLM)", "TALLRec", "ExplainRec"):
         assert f"| {system} | " in report
     assert report.count("- user a, target") == 2

@@ -12,7 +12,7 @@ The weights are returned with the tokens so that training can log them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,9 +62,6 @@ class ModalityFeatures:
             features[modality] = torch.from_numpy(matrix)
             present.append([row is not None for row in rows])
         return features, torch.tensor(present, dtype=torch.bool).T
-
-    def fingerprint(self) -> List[object]:
-        return [[m, list(self.matrices[m].shape), float(np.abs(self.matrices[m]).sum())] for m in self.modalities]
 
 
 class ModalityFusion(nn.Module):

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.model import add_lora
 from recbole_mmprefer.explainer.tokens import IGNORE_INDEX
 from recbole_mmprefer.preference.prompts import PreferenceExample, answer_token_ids, build_example, collate_left
@@ -107,8 +108,6 @@ class PreferenceModel(nn.Module):
                 if parameter.requires_grad}
 
     def load_trainable_state_dict(self, state: Dict[str, Tensor]) -> None:
-        from recbole_mmprefer.errors import InputError
-
         parameters = {name: parameter for name, parameter in self.named_parameters() if parameter.requires_grad}
         if set(parameters) != set(state):
             raise InputError(f"the preference adapter does not fit this model (LoRA settings differ?): "

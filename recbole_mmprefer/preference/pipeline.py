@@ -6,7 +6,8 @@ date.
 3. TALLRec and ExplainRec tuned on the same ``pipeline_preference_shots`` samples;
 4. P(Yes) of the first ``pipeline_preference_test_samples`` test samples for the frozen LLM (zero-shot),
    TALLRec and ExplainRec, and their AUC;
-5. a report, ``<run_dir>/report/preference.md``: the AUC table and a few test samples with each model's P(Yes).
+5. a report, ``<run_dir>/preference_report/preference.md``: the AUC table and a few test samples with each
+   model's P(Yes).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from recbole_mmprefer.artifacts import run_dir
+from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.settings import StageSettings, check_int, check_optional_int
+from recbole_mmprefer.utils import json_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +96,11 @@ def write_preference_report(config, files: Dict[str, Path], aucs: Dict[str, dict
         lines += [f"- user {sample['user_id']}, target \"{sample['title']}\" (truth: "
                   f"{'Yes' if sample['label'] else 'No'}); liked {liked}, disliked {disliked}; P(Yes): "
                   + ", ".join(f"{label} {scores[label][index]:.3f}" for label in scores)]
-    out = Path(run_dir(config)) / "report" / "preference.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(".preference.md.tmp")
-    temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    temporary.replace(out)
+    text = "\n".join(lines) + "\n"
+    with ARTIFACTS["preference_report"].writing(config, json_sha256(text), {"scores": {k: str(v) for k, v in
+                                                                                     files.items()}}) as staging:
+        (staging / "preference.md").write_text(text, encoding="utf-8")
+    out = ARTIFACTS["preference_report"].file(config)
     logger.info("Preference report: %s", out)
     return out
 

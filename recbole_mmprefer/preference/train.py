@@ -90,12 +90,11 @@ def model_name(settings: PreferenceModelConfig, shots: Optional[int]) -> str:
     return "-".join([settings.system, *off, shots_name(shots)])
 
 
-def features_fingerprint(settings: PreferenceModelConfig, config) -> Optional[list]:
+def features_fingerprint(settings: PreferenceModelConfig, config) -> Optional[dict]:
+    """The input hash of each modality's features (the ``features`` artifact), where ExplainRec fuses them."""
     if settings.explainrec is None or not settings.explainrec.multimodal:
         return None
-    from recbole_mmprefer.preference.fusion import ModalityFeatures
-
-    return ModalityFeatures.from_config(config).fingerprint()
+    return {modality: ARTIFACTS["features"].input_hash(config, modality=modality) for modality in config["modalities"]}
 
 
 def build_preference_model(settings: PreferenceModelConfig, config=None) -> PreferenceModel:
