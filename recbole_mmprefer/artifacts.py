@@ -164,6 +164,8 @@ ARTIFACTS: Dict[str, Artifact] = _declare(
     Artifact("paths", "paths", ("paths.jsonl",), "mmprefer paths --dataset {dataset}", "retrieval paths"),
     Artifact("explainer", "explainer", ("adapter.safetensors", "explainer_config.json"),
              "mmprefer train --dataset {dataset}", "trained explainer"),
+    Artifact("explainer_model", "explainer_models/{name}", ("model.safetensors", "model_config.json", "indices.json"),
+             "mmprefer train --model NAME --dataset {dataset}", "trained explanation baseline"),
     Artifact("generations", "generations", ("{name}.jsonl",), "mmprefer generate --dataset {dataset}",
              "generated explanations", is_file=True),
     Artifact("evaluation", "evaluation/{name}", ("table.md", "scores.json"),

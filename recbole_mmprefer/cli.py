@@ -27,7 +27,18 @@ def stage_config(args: argparse.Namespace, overrides: List[str]) -> Config:
     if unknown:
         raise InputError(f"Unrecognised arguments {unknown}: overrides are written --key=value")
     config_files = args.config_files.strip().split(" ") if args.config_files else None
-    return configuration.stage_config(args.dataset, config_files, overrides)
+    return configuration.stage_config(args.dataset, config_files, overrides, explainer_model=baseline_of(args))
+
+
+def baseline_of(args: argparse.Namespace) -> Optional[str]:
+    """The explanation baseline of ``--model`` (None for MMPRefer, ours); an unknown name lists the explainers."""
+    from recbole_mmprefer.registry import OUR_EXPLAINER, get_explainer_model
+
+    name = getattr(args, "model", None)
+    if name is None or name == OUR_EXPLAINER:
+        return None
+    get_explainer_model(name)
+    return name
 
 
 def cmd_features(args: argparse.Namespace, overrides: List[str]) -> None:
@@ -154,9 +165,15 @@ def cmd_evaluate(args: argparse.Namespace, overrides: List[str]) -> None:
 
 
 def cmd_train(args: argparse.Namespace, overrides: List[str]) -> None:
+    config = stage_config(args, overrides)
+    if baseline_of(args):
+        from recbole_mmprefer.explainer.baselines import train_explainer_model
+
+        out_dir = train_explainer_model(config, args.model, force=args.force)
+        print(f"{args.model}: {out_dir}")
+        return
     from recbole_mmprefer.explainer.train import train_explainer
 
-    config = stage_config(args, overrides)
     out_dir = train_explainer(config, force=args.force)
     getLogger().info("explainer: %s", out_dir)
 
@@ -166,6 +183,16 @@ def cmd_generate(args: argparse.Namespace, overrides: List[str]) -> None:
     from recbole_mmprefer.explainer.generate import generate_explanations
 
     config = stage_config(args, overrides)
+    if baseline_of(args):
+        from recbole_mmprefer.explainer.baselines import generate_with_model
+
+        if args.model_dir:
+            raise InputError("--model_dir is the folder of our explainer; a baseline reads its own training folder "
+                             f"(drop --model_dir, or --model {args.model} with `mmprefer train --model` first)")
+        out_file = generate_with_model(config, args.model, split=args.split or "test",
+                                       out_file=Path(args.out_file) if args.out_file else None, force=args.force)
+        print(f"Generations: {out_file}")
+        return
     out_file = generate_explanations(config, model_dir=resolve_explainer(args.model_dir) if args.model_dir else None,
                                      split=args.split, out_file=Path(args.out_file) if args.out_file else None,
                                      force=args.force)
@@ -212,6 +239,13 @@ def add_import_commands(commands) -> None:
         sub.add_argument("--name", required=True, help="data set name (the folder and file prefix)")
         sub.add_argument("--out", default="dataset", help="root folder of data sets (RecBole's data_path; "
                          "default ./dataset)")
+
+
+def add_model_option(command: argparse.ArgumentParser) -> None:
+    from recbole_mmprefer.registry import OUR_EXPLAINER, explainer_names
+
+    command.add_argument("--model", default=None, help=f"the explainer: {', '.join(explainer_names())} (default "
+                         f"{OUR_EXPLAINER}, ours; the others are the field's baselines, properties/model/<Model>.yaml)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one pair's paths with node profiles instead of collecting")
     paths.add_argument("--draw", default=None, help="with --show: write a drawing of the paths (.svg or .html)")
     paths.set_defaults(handler=cmd_paths)
-    train = stage("train", "Tune the explainer (LoRA + graph soft prompt) on the explanation table's train split; "
-                  "writes <run_dir>/explainer/", force_help="train again even when the adapter is up to date")
+    train = stage("train", "Tune the explainer (LoRA + graph soft prompt; or a baseline with --model) on the "
+                  "explanation table's train split; writes <run_dir>/explainer/ (a baseline: "
+                  "<run_dir>/explainer_models/<Model>/)", force_help="train again even when the model is up to date")
+    add_model_option(train)
     train.set_defaults(handler=cmd_train)
     generate = stage("generate", "Write explanations for a split's pairs to <run_dir>/generations/ "
                      "(zero-shot without --model_dir)", force_help="generate again even when up to date")
@@ -287,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--split", choices=["train", "valid", "test"], default=None,
                           help="explanation-table split (default: explainer_generation_split)")
     generate.add_argument("--out_file", default=None, help="the generation file (JSON lines)")
+    add_model_option(generate)
     generate.set_defaults(handler=cmd_generate)
     evaluation = stage("evaluate", "Score generation files, the published baselines and the cheap baselines on "
                        "the same rows; write <run_dir>/evaluation/<name>/ (table.md, scores.json, ...)")

@@ -88,7 +88,17 @@ def check_keys(keys: Iterable[str], source: str) -> None:
 
 
 class Config(RecBoleConfig):
-    """RecBole's Config, resolving our models first and loading our defaults."""
+    """RecBole's Config, resolving our models first and loading our defaults.
+
+    ``explainer_model`` (a baseline explainer, issue 14) loads its
+    ``properties/model/<Name>.yaml`` on top of the model's, below the user's
+    files and flags.
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
+                 explainer_model: Optional[str] = None):
+        self.explainer_model = explainer_model
+        super().__init__(model, dataset, config_file_list, config_dict)
 
     def _load_config_files(self, file_list):
         self._keys_by_file: Dict[str, list] = {}
@@ -130,7 +140,8 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         for path in stage_property_files():
             self._update_internal_config_dict(path)
-        for path in (model_property_file(model), dataset_config_file(dataset)):
+        explainer = model_property_file(self.explainer_model) if self.explainer_model else None
+        for path in (model_property_file(model), explainer, dataset_config_file(dataset)):
             if path is not None:
                 self._update_internal_config_dict(path)
         # RecBole 1.2.1 ships SASRec & co. with loss_type CE but a default negative
@@ -151,11 +162,13 @@ def _argv(arguments: Sequence[str]):
         sys.argv = saved
 
 
-def stage_config(dataset: str, config_files: Optional[List[str]] = None, overrides: Sequence[str] = ()) -> Config:
-    """The Config every stage entry point uses: MMPSASRec's, with ``--key=value`` ``overrides``; seeds and
-    RecBole's logger set up."""
+def stage_config(dataset: str, config_files: Optional[List[str]] = None, overrides: Sequence[str] = (),
+                 explainer_model: Optional[str] = None) -> Config:
+    """The Config every stage entry point uses: MMPSASRec's (plus an explainer baseline's YAML), with
+    ``--key=value`` ``overrides``; seeds and RecBole's logger set up."""
     with _argv(overrides):
-        config = Config(model=STAGE_MODEL, dataset=dataset, config_file_list=config_files)
+        config = Config(model=STAGE_MODEL, dataset=dataset, config_file_list=config_files,
+                        explainer_model=explainer_model)
     init_seed(config["seed"], config["reproducibility"])
     # RecBole checks then creates ./log/<model>: two ranks starting together race on it
     Path("log", config["model"]).mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,11 @@
-"""Model and trainer lookup: this package's models first, then RecBole's.
+"""Model and trainer lookup: this package's models first, then RecBole's; and the explainers by name.
 
 Follows RecBole-GNN (``recbole_gnn/utils.py``): RecBole's own ``get_model``
 only searches inside ``recbole.model``, so our models are resolved here.
+Explainers resolve the same way (issue 14): ``MMPRefer`` (this toolkit's
+LLM explainer, ``mmprefer train``'s default) or a baseline class ``<Name>`` in
+``recbole_mmprefer/model/explainer/<name>.py`` with its
+``properties/model/<Name>.yaml``.
 """
 
 from __future__ import annotations
@@ -19,14 +23,36 @@ from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.resources import properties_dir
 
 OUR_MODEL_SUBMODULES = ["sequential_recommender"]
+EXPLAINER_SUBMODULE = "recbole_mmprefer.model.explainer"
+OUR_EXPLAINER = "MMPRefer"
 
 
 class UnknownModelError(InputError):
     """Raised for a model name that neither this package nor RecBole defines."""
 
 
+def _has_module(package: str, model_name: str) -> bool:
+    return importlib.util.find_spec(f"{package}.{model_name.lower()}") is not None
+
+
 def our_model_names() -> List[str]:
-    return sorted(p.stem for p in (properties_dir() / "model").glob("*.yaml"))
+    """Our recommenders (the model YAMLs that are not explainers)."""
+    return sorted(p.stem for p in (properties_dir() / "model").glob("*.yaml")
+                  if not _has_module(EXPLAINER_SUBMODULE, p.stem))
+
+
+def explainer_names() -> List[str]:
+    """``MMPRefer`` and the explanation baselines."""
+    baselines = sorted(p.stem for p in (properties_dir() / "model").glob("*.yaml")
+                       if _has_module(EXPLAINER_SUBMODULE, p.stem))
+    return [OUR_EXPLAINER, *baselines]
+
+
+def get_explainer_model(name: str) -> Type:
+    """The baseline explainer class ``name`` (``MMPRefer`` is not a class here: it has its own stage)."""
+    if name in explainer_names()[1:]:
+        return getattr(importlib.import_module(f"{EXPLAINER_SUBMODULE}.{name.lower()}"), name)
+    raise UnknownModelError(f"Unknown explainer {name!r}. Available explainers: {', '.join(explainer_names())}")
 
 
 def recbole_model_names() -> List[str]:
