@@ -4,7 +4,7 @@ Follows RecBole-GNN (``recbole_gnn/utils.py``): RecBole's own ``get_model``
 only searches inside ``recbole.model``, so our models are resolved here.
 Explainers resolve the same way (issue 14): ``MMPRefer`` (this toolkit's
 LLM explainer, ``mmprefer train``'s default) or a baseline class ``<Name>`` in
-``recbole_mmprefer/model/explainer/<name>.py`` with its
+``recbole_mmprefer/explainer/models/<name>.py`` with its
 ``properties/model/<Name>.yaml``.
 """
 
@@ -23,7 +23,7 @@ from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.resources import properties_dir
 
 OUR_MODEL_SUBMODULES = ["sequential_recommender"]
-EXPLAINER_SUBMODULE = "recbole_mmprefer.model.explainer"
+EXPLAINER_SUBMODULE = "recbole_mmprefer.explainer.models"
 OUR_EXPLAINER = "MMPRefer"
 
 

@@ -14,8 +14,8 @@ from recbole_mmprefer.data.explanations import explanation_table_path, write_exp
 from recbole_mmprefer.data.generations import read_generations
 from recbole_mmprefer.errors import MissingInputError
 from recbole_mmprefer.explainer.baselines import generate_with_model, load_trained, train_explainer_model
+from recbole_mmprefer.explainer.models.peter import peter_mask
 from recbole_mmprefer.explainer.vocabulary import Vocabulary, words_of
-from recbole_mmprefer.model.explainer.peter import peter_mask
 from recbole_mmprefer.registry import UnknownModelError, explainer_names, get_explainer_model, our_model_names
 from recbole_mmprefer.utils import read_json
 from tests.tiny_models import write_tiny_llama
@@ -197,3 +197,53 @@ def test_pepler_tunes_the_prompt_first_then_lora_and_generates_from_the_llm(tmp_
     assert len(generated) == 6 and all(isinstance(text, str) for text in generated["explanation"])
     with pytest.raises(MissingInputError, match="mmprefer train --model NAME"):
         ARTIFACTS["explainer_model"].require(config, name="NRT")
+
+
+def small_flags(**extra):
+    return [f"--{key}={value}" for key, value in {**SMALL, **extra}.items()]
+
+
+def test_cli_trains_and_generates_a_baseline_into_the_run_folders(tmp_path, capsys):
+    write_dataset(tmp_path / "data")
+    common = ["--dataset", "toy", f"--data_path={tmp_path / 'data'}", f"--run_dir={tmp_path / 'run'}"]
+    assert mmprefer(["train", "--model", "Att2Seq", *common, *small_flags(baseline_epochs=2)]) == 0
+    model_dir = tmp_path / "run" / "explainer_models" / "Att2Seq"
+    assert sorted(path.name for path in model_dir.iterdir()) == [
+        "indices.json", "meta.json", "model.safetensors", "model_config.json", "training_log.jsonl",
+        "vocabulary.json"]
+    assert read_json(model_dir / "model_config.json")["baseline_embedding_size"] == 16  # the flag beat Att2Seq.yaml
+    assert mmprefer(["generate", "--model", "Att2Seq", *common, *small_flags(baseline_epochs=2)]) == 0
+    out = tmp_path / "run" / "generations" / "Att2Seq-test.jsonl"
+    assert f"Generations: {out}" in capsys.readouterr().out
+    assert len(read_generations(out)) == 6
+    assert mmprefer(["generate", "--model", "Att2Seq", "--model_dir", "bundled", *common]) == 2
+    assert "--model_dir is the folder of our explainer" in capsys.readouterr().err
+
+
+def test_a_models_yaml_sets_its_paper_defaults_under_the_users_flags(tmp_path):
+    peter = config_for(tmp_path, "PETER")
+    assert peter["baseline_optimizer"] == "adam" and peter["baseline_lr_decay"] == 0.25  # SMALL, then PETER.yaml
+    from recbole_mmprefer.config import Config
+
+    plain = Config(model="MMPSASRec", dataset="toy", explainer_model="NRT", config_dict={"data_path": str(tmp_path)})
+    assert plain["baseline_embedding_size"] == 300 and plain["baseline_context_weight"] == 0.0
+    assert Config(model="MMPSASRec", dataset="toy", config_dict={})["baseline_embedding_size"] == 512
+
+
+def test_table1_script_scores_baselines_on_the_same_test_rows(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path / "data")
+    script = Path(__file__).resolve().parents[1] / "run_scripts" / "table1.py"
+    out = tmp_path / "table.md"
+    command = [sys.executable, str(script), "--dataset", "toy", "--data_path", str(tmp_path / "data"),
+               "--systems", "NRT", "PETER", "--train_pairs", "0", "--test_pairs", "0", "--metrics", "bleu", "usr",
+               "--out", str(out), f"--run_dir={tmp_path / 'run'}", *small_flags(baseline_epochs=2)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = out.read_text()
+    assert "| NRT |" in table and "| PETER |" in table and "(test split, 6 rows)" in table
+    assert "| NRT | " in table.split("| system | training | generation |")[1]

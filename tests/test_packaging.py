@@ -24,6 +24,9 @@ def test_wheel_ships_yaml_defaults_and_finds_them(tmp_path):
     assert "recbole_mmprefer/dataset_configs/ml-100k.yaml" in names
     for name in ("adapter.safetensors", "explainer_config.json", "meta.json"):
         assert f"recbole_mmprefer/bundled/explainer/{name}" in names
+    for package in (REPOSITORY / "recbole_mmprefer").rglob("__init__.py"):  # every package, none forgotten
+        assert package.relative_to(REPOSITORY).as_posix() in names
+    assert "recbole_mmprefer/properties/model/PETER.yaml" in names
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

@@ -23,7 +23,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from recbole_mmprefer.model.explainer.abstract_explainer import AbstractExplainer
+from recbole_mmprefer.explainer.models.abstract_explainer import AbstractExplainer
 
 SOURCE_LENGTH = 2  # the user and item positions before the words
 

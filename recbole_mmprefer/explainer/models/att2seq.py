@@ -15,7 +15,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from recbole_mmprefer.model.explainer.abstract_explainer import AbstractExplainer
+from recbole_mmprefer.explainer.models.abstract_explainer import AbstractExplainer
 
 
 class Att2Seq(AbstractExplainer):

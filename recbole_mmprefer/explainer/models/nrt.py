@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mmprefer.model.explainer.abstract_explainer import AbstractExplainer
+from recbole_mmprefer.explainer.models.abstract_explainer import AbstractExplainer
 
 
 class NRT(AbstractExplainer):

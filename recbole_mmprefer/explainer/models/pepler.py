@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from recbole_mmprefer.explainer.model import add_lora
+from recbole_mmprefer.explainer.models.abstract_explainer import AbstractExplainer
 from recbole_mmprefer.explainer.vocabulary import LlmCodec
-from recbole_mmprefer.model.explainer.abstract_explainer import AbstractExplainer
 
 PROMPT_LENGTH = 2
 

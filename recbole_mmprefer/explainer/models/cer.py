@@ -1,7 +1,7 @@
 """CER (Raczyński et al., 2023, "The Problem of Coherence in Natural Language Explanations of
 Recommendations"), issue 14.
 
-PETER (:mod:`recbole_mmprefer.model.explainer.peter`) with a rating-explanation
+PETER (:mod:`recbole_mmprefer.explainer.models.peter`) with a rating-explanation
 coherence objective: a second rating MLP, of the rating head's shape, reads the
 explanation (the max over time of the hidden states from <bos> on, padding
 left out), and that rating must agree with the one PETER predicts from the
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mmprefer.model.explainer.peter import PETER, SOURCE_LENGTH
+from recbole_mmprefer.explainer.models.peter import PETER, SOURCE_LENGTH
 
 
 class CER(PETER):
