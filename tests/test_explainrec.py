@@ -122,6 +122,29 @@ def test_each_loss_reaches_its_own_parameters(tmp_path):
     assert reached("rating")["rating"] is True
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama")), item_features=item_features())
+    other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0}
+    batch = batch_of(model, [SAMPLE, other])
+    model.train()
+    for module in model.modules():  # LoRA dropout off: both passes must see the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+    def gradients():
+        model.zero_grad()
+        model.combine(model.task_losses(batch, batch["features"])).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.causal_lm().model.gradient_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 0
+    for name, value in plain.items():
+        assert torch.allclose(value, checkpointed[name], atol=1e-6), name
+
+
 def test_consistency_is_the_kl_from_the_reasons_verdict_to_the_answer(tmp_path):
     model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama"),
                                                explainrec_multimodal=False))

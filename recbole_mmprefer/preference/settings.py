@@ -70,14 +70,22 @@ class PreferenceTrainingSettings(StageSettings):
     batch_size: int
     score_batch_size: int
     bf16: object
+    gradient_checkpointing: bool
 
     def __post_init__(self):
         self.shots = check_optional_int("preference_shots", self.shots, 1)
+        self.gradient_checkpointing = check_bool("preference_gradient_checkpointing", self.gradient_checkpointing)
         self.epochs = check_int("preference_epochs", self.epochs, 1)
         self.learning_rate = check_float("preference_learning_rate", self.learning_rate, 0.0, above_minimum=True)
         self.batch_size = check_int("preference_batch_size", self.batch_size, 1)
         self.score_batch_size = check_int("preference_score_batch_size", self.score_batch_size, 1)
         self.bf16 = check_bf16(self.bf16)
+
+    def results_keys(self) -> Dict[str, object]:
+        """The keys that change what training computes (gradient checkpointing only trades time for memory)."""
+        keys = self.to_config()
+        keys.pop("preference_gradient_checkpointing")
+        return keys
 
 
 @dataclass

@@ -61,7 +61,7 @@ def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: O
     out_dir = Path(out_dir) if out_dir is not None else ARTIFACTS["preference_model"].dir(
         config, name=model_name(settings, training.shots))
     input_hash = json_sha256({"train": sample_keys(train), "settings": settings.to_config(),
-                              "training": training.to_config(), "llm": llm_identity(settings.llm),
+                              "training": training.results_keys(), "llm": llm_identity(settings.llm),
                               "features": features_fingerprint(settings, config)})
     if not force and is_fresh_at(out_dir, input_hash, ARTIFACTS["preference_model"].files):
         logger.info("The preference model is up to date in %s", out_dir)
@@ -116,6 +116,8 @@ def tune(model: PreferenceModel, examples: Sequence[list], training: PreferenceT
     sampler = EpochBatches([sum(len(example) for example in sample) for sample in examples], training.batch_size,
                            seed)
     model.train()
+    if training.gradient_checkpointing:  # ExplainRec's paired rows of 512 tokens need ~24 GB of activations without
+        model.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     history = []
     for epoch in range(1, training.epochs + 1):
         sampler.set_epoch(epoch)
@@ -136,5 +138,7 @@ def tune(model: PreferenceModel, examples: Sequence[list], training: PreferenceT
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **means})
         logger.info("preference epoch %d/%d: loss %.4f (%s)", epoch, training.epochs, history[-1]["train_loss"],
                     ", ".join(f"{key} {value:.3f}" for key, value in means.items()))
+    if training.gradient_checkpointing:
+        model.causal_lm().gradient_checkpointing_disable()
     model.eval()
     return history
