@@ -195,6 +195,7 @@ def test_pepler_tunes_the_prompt_first_then_lora_and_generates_from_the_llm(tmp_
     out = generate_with_model(config, "PEPLER")
     generated = read_generations(out)
     assert len(generated) == 6 and all(isinstance(text, str) for text in generated["explanation"])
+    assert generated["explanation"].nunique() >= 2  # the prompt vectors differ per user: so does the text
     with pytest.raises(MissingInputError, match="mmprefer train --model NAME"):
         ARTIFACTS["explainer_model"].require(config, name="NRT")
 

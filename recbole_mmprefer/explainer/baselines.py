@@ -6,7 +6,8 @@ with a word vocabulary built from it (PEPLER: the LLM's tokens) and writes the
 ``explainer_model`` artifact ``<run_dir>/explainer_models/<Model>/``:
 ``model.safetensors`` (the weights of the epoch with the lowest validation
 loss; the last epoch without a valid split), ``model_config.json`` (the model
-name and every setting it was built with), ``vocabulary.json``,
+name and every setting it was built with), ``vocabulary.json`` (``null`` for
+PEPLER, which reads the LLM's own tokenizer),
 ``indices.json`` (user and item ids, rating range) and ``training_log.jsonl``;
 the meta records the inputs' hash, so a rerun with the same inputs is skipped.
 
@@ -102,8 +103,9 @@ def _split_rows(table: pd.DataFrame, split: str, cap: Optional[int]) -> Tuple[pd
 
 def _input_hash(name: str, settings, training, llm, lora, train, valid, ratings) -> str:
     columns = ["user_id", "item_id", "explanation"]
+    uses_llm = get_explainer_model(name).uses_llm
     return json_sha256({"model": name, "settings": settings.to_config(), "training": training.results_keys(),
-                        "llm": llm.identity(), "lora": lora.to_config(),
+                        "llm": llm.identity() if uses_llm else None, "lora": lora.to_config() if uses_llm else None,
                         "train": train[columns].to_dict(orient="records"),
                         "valid": valid[columns].to_dict(orient="records"),
                         "ratings": sorted(f"{u}\t{i}\t{r}" for (u, i), r in ratings.items()) if ratings else None})
