@@ -161,6 +161,8 @@ ARTIFACTS: Dict[str, Artifact] = _declare(
              "run_recbole --model=MMPSASRec --dataset={dataset}", "MMPSASRec user/item vectors"),
     Artifact("profiles", "profiles", ("report.json",), "mmprefer profiles --dataset {dataset}", "node profiles"),
     Artifact("graph", "graph", ("graph.npz",), "mmprefer paths --dataset {dataset}", "training graph"),
+    Artifact("link_predictor", "link_predictor", ("model.safetensors",),
+             "mmprefer paths --path_retriever=pagelink --dataset {dataset}", "PaGE-Link link predictor"),
     Artifact("paths", "paths", ("paths.jsonl",), "mmprefer paths --dataset {dataset}", "retrieval paths"),
     Artifact("explainer", "explainer", ("adapter.safetensors", "explainer_config.json"),
              "mmprefer train --dataset {dataset}", "trained explainer"),

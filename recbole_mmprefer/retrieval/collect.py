@@ -34,8 +34,8 @@ from tqdm import tqdm
 from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.errors import Interrupted
 from recbole_mmprefer.jsonl import ResumableShards, barrier, distributed, dump_line, read_records, stale_partials
-from recbole_mmprefer.retrieval.inputs import Pair, load_graph, load_node_vectors, load_pairs
-from recbole_mmprefer.retrieval.paths import find_paths
+from recbole_mmprefer.retrieval.inputs import Pair, load_graph, load_pairs
+from recbole_mmprefer.retrieval.retrievers import build_retriever
 from recbole_mmprefer.retrieval.settings import RetrievalSettings
 from recbole_mmprefer.utils import json_sha256
 
@@ -62,15 +62,14 @@ def read_run_paths(config) -> List[dict]:
 _WORKER: Dict[str, object] = {}
 
 
-def _init_worker(graph, user_vectors, item_vectors, search: Dict[str, object]) -> None:
-    _WORKER.update(graph=graph, user_vectors=user_vectors, item_vectors=item_vectors, search=search)
+def _init_worker(retriever) -> None:
+    _WORKER.update(retriever=retriever)
 
 
 def _pair_record(pair: Pair) -> dict:
     user, item = pair
     try:
-        result = find_paths(_WORKER["graph"], user, item, _WORKER["user_vectors"], _WORKER["item_vectors"],
-                            **_WORKER["search"])
+        result = _WORKER["retriever"](user, item)
     except Exception as error:  # one bad pair must not end a long run: recorded, counted, logged
         return {"user_id": user, "item_id": item, "status": ERROR, "error": f"{type(error).__name__}: {error}",
                 "paths": [], "subgraph_nodes": 0, "subgraph_edges": 0}
@@ -96,11 +95,11 @@ def collect_paths(config, split: Optional[str] = None, pairs_file: Optional[Path
     settings = RetrievalSettings.from_config(config)
     split = split if split is not None else settings.pairs_split
     graph = load_graph(config)
-    user_vectors, item_vectors, vector_report = (load_node_vectors(config, graph) if settings.needs_vectors
-                                                 else (None, None, {}))
+    retriever, depends_on = build_retriever(config, graph, settings)
     pairs = load_pairs(config, graph, split, pairs_file)
     input_hash = json_sha256({"settings": settings.search(), "graph": ARTIFACTS["graph"].read_meta(config),
-                              "vectors": vector_report, "pairs": pairs})
+                              "vectors": depends_on.get("vectors", {}), "pairs": pairs,
+                              **({} if settings.retriever == "mmprefer" else {"retriever": depends_on})})
     artifact = ARTIFACTS["paths"]
     if not force and artifact.is_fresh(config, input_hash):
         for leftover in stale_partials(artifact.dir(config)):
@@ -112,8 +111,7 @@ def collect_paths(config, split: Optional[str] = None, pairs_file: Optional[Path
     shards = _shards(config, input_hash, rank, world)
     started = time.perf_counter()
     try:
-        _collect_shard(pairs[rank::world], shards, settings.workers,
-                       (graph, user_vectors, item_vectors, settings.search()), force, rank)
+        _collect_shard(pairs[rank::world], shards, settings.workers, (retriever,), force, rank)
     except KeyboardInterrupt:
         kept = len(shards.completed())
         raise Interrupted(f"paths: stopped by the user after {kept} of {len(pairs[rank::world])} pairs; they are "
@@ -122,8 +120,9 @@ def collect_paths(config, split: Optional[str] = None, pairs_file: Optional[Path
     barrier(world)
     if rank == 0:
         records = shards.gather(pairs, lambda record: (record["user_id"], record["item_id"]))
-        meta = {"settings": settings.search(), "split": split, "pairs_file": str(pairs_file) if pairs_file else None,
-                "pairs": len(pairs), "world_size": world, "workers": settings.workers, "vectors": vector_report,
+        meta = {"settings": settings.search(), "retriever": settings.retriever, "split": split,
+                "pairs_file": str(pairs_file) if pairs_file else None,
+                "pairs": len(pairs), "world_size": world, "workers": settings.workers, **depends_on,
                 "seconds_this_run": round(time.perf_counter() - started, 3)}
         _write_paths(config, input_hash, records, meta)
         shards.remove()

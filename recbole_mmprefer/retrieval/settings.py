@@ -24,8 +24,10 @@ class RetrievalSettings(StageSettings):
     workers: int
     pairs_split: Optional[str]
     max_subgraph_nodes: Optional[int]
+    retriever: str
 
     def __post_init__(self):
+        self.retriever = check_choice("path_retriever", self.retriever, ("mmprefer", "pagelink"))
         self.hops = check_int("path_hops", self.hops, 1, MAX_HOPS)
         self.core = check_int("path_core", self.core, 0)
         self.k = check_int("path_k", self.k, 1, MAX_K)
@@ -42,4 +44,4 @@ class RetrievalSettings(StageSettings):
 
     @property
     def needs_vectors(self) -> bool:
-        return COST_RULES[self.weight].needs_vectors
+        return self.retriever == "mmprefer" and COST_RULES[self.weight].needs_vectors
