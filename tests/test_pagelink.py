@@ -58,10 +58,10 @@ def test_computation_graph_drops_the_direct_edge_high_degree_edges_and_the_penda
     local = {graph.node_token(int(n)): position for position, n in enumerate(subgraph.nodes)}
     assert local["i0"] not in set(subgraph.indices[subgraph.indptr[local["u0"]]:subgraph.indptr[local["u0"] + 1]])
     low = computation_graph(graph, user, item, settings(max_degree=3))  # i2 has 4 neighbours there: its edges go
-    assert tokens(graph, low) == ["i0", "i1", "u1", "u3"]  # then u0 and u2 keep one neighbour each: out of the core
+    assert tokens(graph, low) == ["i0", "i1", "u0", "u1", "u3"]  # u2 keeps one neighbour: out; u0 is protected
 
 
-def test_a_pair_whose_core_loses_the_user_has_no_path():
+def test_a_pair_that_nothing_joins_once_pruned_has_no_path():
     graph = square_graph()
     predictor, _ = train_link_predictor(graph, PREDICTOR, seed=0)
     result = pagelink_paths(graph, predictor, "u4", "i2", settings(), keep=2)

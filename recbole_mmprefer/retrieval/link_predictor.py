@@ -1,12 +1,13 @@
 """PaGE-Link's link predictor (issue 15; Zhang et al., WWW 2023, as G-Refer runs it): a 2-layer relational GCN.
 
 The training graph has two relations, ``buys`` (user -> item) and ``bought
-by`` (item -> user). Every node starts from a learned 128-d embedding; a layer
-maps each relation's source states by its own linear map, multiplies each
-message by its edge's weight (1 in training; the explainer's sigmoid mask
-when it explains a pair), averages the messages a node receives per relation
-and sums over relations (the heterogeneous RGCN of DGL's tutorial, which
-PaGE-Link uses); ReLU between the layers. A link (u, i) scores the dot
+by`` (item -> user). Every node starts from a learned 128-d embedding (N(0, 1)
+at the start); a layer maps each relation's source states by its own linear
+map, multiplies each message by its edge's weight (1 in training; the
+explainer's sigmoid mask when it explains a pair), averages the messages a
+node receives per relation (over its in-degree), sums over relations and adds
+the node's own state through a shared linear map (PaGE-Link's heterogeneous
+RGCN); leaky ReLU between the two layers. A link (u, i) scores the dot
 product of the two output states. Trained with BCE on every training edge
 against as many random (user, item) non-edges, resampled each epoch.
 
@@ -76,9 +77,10 @@ class RelationalLayer(nn.Module):
     def __init__(self, in_size: int, out_size: int, relations: int = 2) -> None:
         super().__init__()
         self.maps = nn.ModuleList(nn.Linear(in_size, out_size) for _ in range(relations))
+        self.own = nn.Linear(in_size, out_size)
 
     def forward(self, states: torch.Tensor, edges: Edges, weights: torch.Tensor) -> torch.Tensor:
-        out = states.new_zeros(states.size(0), self.maps[0].out_features)
+        out = self.own(states)
         for relation, linear in enumerate(self.maps):
             chosen = edges.relations == relation
             sources, targets = edges.sources[chosen], edges.targets[chosen]
@@ -95,7 +97,7 @@ class LinkPredictor(nn.Module):
     def __init__(self, num_nodes: int, settings: LinkPredictorSettings) -> None:
         super().__init__()
         self.embedding = nn.Embedding(num_nodes, settings.embedding_size)
-        nn.init.xavier_uniform_(self.embedding.weight)
+        nn.init.normal_(self.embedding.weight)
         self.first = RelationalLayer(settings.embedding_size, settings.hidden_size)
         self.second = RelationalLayer(settings.hidden_size, settings.hidden_size)
 
@@ -104,7 +106,7 @@ class LinkPredictor(nn.Module):
         """Output states of ``nodes`` (default all) over ``edges`` (whose ids index ``nodes``)."""
         states = self.embedding.weight if nodes is None else self.embedding(nodes)
         weights = torch.ones(len(edges.sources)) if weights is None else weights
-        return self.second(F.relu(self.first(states, edges, weights)), edges, weights)
+        return self.second(F.leaky_relu(self.first(states, edges, weights)), edges, weights)
 
     @staticmethod
     def score(states: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -3,22 +3,26 @@
 For a pair (u, i) and a trained :mod:`~recbole_mmprefer.retrieval.link_predictor`:
 
 1. the computation graph: the nodes within ``pagelink_hops`` (2) of u or i,
-   the direct edge (u, i) removed, the edges of nodes with more than
+   the direct edge (u, i) removed, every edge of a node with more than
    ``pagelink_max_degree`` (200) neighbours there dropped, then its
-   ``pagelink_core``-core (2) with nobody protected: a pair whose core loses u
-   or i has no path (``no_path``);
-2. one mask logit per interaction (shared by its two directions), the
-   sigmoid of which weights the edge's messages in the predictor; the masks
-   learn for ``pagelink_mask_epochs`` (10) Adam steps to keep the link's
-   prediction (-log sigmoid(score(u, i))) with the path loss: the masks on the
-   current ``pagelink_search_k`` (5) cheapest paths are pushed up and the others
-   down, ``alpha`` * -mean(log m_on) + ``beta`` * mean(log m_off)... see
-   :func:`path_loss`;
-3. the final cost of a step into node v over edge e is log in-degree(v) -
-   log mask(e) (in the computation graph), and Yen's algorithm (networkx's
-   ``shortest_simple_paths``) gives the ``pagelink_k`` (10) cheapest loopless
-   paths of at most ``pagelink_max_path_edges`` (5) edges; the first
-   ``path_k`` of them are the pair's paths (G-Refer keeps 2).
+   ``pagelink_core``-core (2); u and i are protected in both steps, as in the
+   authors' code, so a pair has no path (``no_path``) only when nothing joins
+   them once pruned;
+2. one mask logit per interaction (shared by its two directions; N(0,
+   sqrt(2/N)) at the start, N the computation graph's nodes), the sigmoid of
+   which weights the edge's messages in the predictor; the masks learn for up
+   to ``pagelink_mask_epochs`` (10, G-Refer's) Adam steps (lr 0.01) of the
+   prediction loss -log sigmoid(score(u, i)) plus the path loss
+   ``alpha`` * -mean(m on the current paths) + ``beta`` * mean(m off them)
+   (:func:`path_loss`), the paths being the ``pagelink_search_k`` (5) cheapest
+   under the current masks; they stop early once the masks' norm changes by
+   less than 1e-3;
+3. a step x -> v over interaction e costs log in-degree(v) - log mask(e) (the
+   endpoints u and i count degree 1, so entering i costs -log mask(e)), and
+   Yen's algorithm (networkx's ``shortest_simple_paths``) gives the
+   ``pagelink_k`` (10) cheapest loopless paths of at most
+   ``pagelink_max_path_edges`` (5) edges; the first ``path_k`` of them are the
+   pair's paths (G-Refer keeps 2).
 
 Paths come back as :class:`~recbole_mmprefer.retrieval.paths.PathResult`, so
 ``paths.jsonl`` has the same format for either retriever.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import networkx as nx
 import numpy as np
@@ -77,13 +81,14 @@ def computation_graph(graph: InteractionGraph, user: int, item: int, settings: P
     subgraph = induced_subgraph(graph, nodes, removed_edge=(user, item))
     sources = np.repeat(np.arange(subgraph.num_nodes), subgraph.degrees)
     targets = subgraph.indices
-    low = subgraph.degrees <= settings.max_degree
+    protected = np.isin(subgraph.nodes, [user, item])
+    low = (subgraph.degrees <= settings.max_degree) | protected
     keep = low[sources] & low[targets]
     sources, targets = sources[keep], targets[keep]
     alive = np.ones(subgraph.num_nodes, dtype=bool)
-    while True:  # the k-core, nobody protected
+    while True:  # the k-core, u and i kept
         degrees = np.bincount(sources[alive[sources] & alive[targets]], minlength=subgraph.num_nodes)
-        drop = alive & (degrees < settings.core)
+        drop = alive & (degrees < settings.core) & ~protected
         if not drop.any():
             break
         alive &= ~drop
@@ -119,9 +124,11 @@ class MaskedGraph:
                    torch.as_tensor(interaction), pairs)
 
 
-def step_costs(masked: MaskedGraph, masks: np.ndarray) -> Dict[Tuple[int, int], float]:
-    """Cost of the directed step x -> v: log in-degree(v) - log mask(e), e the interaction of x and v."""
-    degrees = masked.subgraph.degrees
+def step_costs(masked: MaskedGraph, masks: np.ndarray, endpoints: Sequence[int] = ()) -> Dict[Tuple[int, int], float]:
+    """Cost of the directed step x -> v: log in-degree(v) - log mask(e), e the interaction of x and v; the
+    ``endpoints`` (local u and i) count in-degree 1."""
+    degrees = masked.subgraph.degrees.astype(float)
+    degrees[list(endpoints)] = 1.0
     costs = {}
     for edge, (source, target) in enumerate(zip(masked.edges.sources.tolist(), masked.edges.targets.tolist())):
         mask = float(masks[int(masked.interaction[edge])])
@@ -130,15 +137,16 @@ def step_costs(masked: MaskedGraph, masks: np.ndarray) -> Dict[Tuple[int, int], 
 
 
 def cheapest_paths(costs: Dict[Tuple[int, int], float], source: int, target: int, k: int,
-                   max_edges: int, examined: int = 2000) -> List[Tuple[float, Path]]:
-    """The ``k`` cheapest loopless paths of at most ``max_edges`` edges (Yen, networkx), never the direct edge."""
+                   max_edges: Optional[int], examined: int = 2000) -> List[Tuple[float, Path]]:
+    """The ``k`` cheapest loopless paths of at most ``max_edges`` edges (None: any length; Yen, networkx); the
+    direct edge is not in the computation graph."""
     network = nx.DiGraph()
     network.add_weighted_edges_from((a, b, cost) for (a, b), cost in costs.items())
     if source not in network or target not in network or not nx.has_path(network, source, target):
         return []
     found = []
     for nodes in itertools.islice(nx.shortest_simple_paths(network, source, target, weight="weight"), examined):
-        if len(nodes) - 1 <= max_edges:
+        if max_edges is None or len(nodes) - 1 <= max_edges:
             found.append((sum(costs[(a, b)] for a, b in zip(nodes, nodes[1:])), tuple(nodes)))
             if len(found) == k:
                 break
@@ -156,13 +164,12 @@ def path_interactions(masked: MaskedGraph, paths: Sequence[Path]) -> torch.Tenso
 
 
 def path_loss(masks: torch.Tensor, on_path: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """-alpha * mean log m over interactions on the current paths + beta * mean log m over the others."""
-    log_masks = torch.log(masks.clamp(min=1e-12))
+    """-alpha * mean mask over the interactions on the current paths + beta * mean mask over the others."""
     loss = masks.sum() * 0.0
     if on_path.any():
-        loss = loss - alpha * log_masks[on_path].mean()
+        loss = loss - alpha * masks[on_path].mean()
     if (~on_path).any():
-        loss = loss + beta * log_masks[~on_path].mean()
+        loss = loss + beta * masks[~on_path].mean()
     return loss
 
 
@@ -170,18 +177,24 @@ def learn_masks(predictor: LinkPredictor, masked: MaskedGraph, user: int, item: 
                 seed: int) -> np.ndarray:
     """Step 2: the mask of each interaction after ``mask_epochs`` steps of prediction + path loss."""
     generator = torch.Generator().manual_seed(seed)
-    logits = torch.nn.Parameter(torch.randn(len(masked.pairs), generator=generator) * 0.1)
+    spread = math.sqrt(2.0 / max(masked.subgraph.num_nodes, 1))
+    logits = torch.nn.Parameter(torch.randn(len(masked.pairs), generator=generator) * spread)
     optimizer = torch.optim.Adam([logits], lr=settings.mask_learning_rate)
     nodes = torch.as_tensor(masked.subgraph.nodes)
     for parameter in predictor.parameters():
         parameter.requires_grad_(False)
+    previous_norm = None
     for _ in range(settings.mask_epochs):
         masks = torch.sigmoid(logits)
+        norm = float(masks.detach().norm())
+        if previous_norm is not None and abs(norm - previous_norm) < 1e-3:
+            break
+        previous_norm = norm
         states = predictor.node_states(masked.edges, masks[masked.interaction], nodes=nodes)
         prediction = -torch.nn.functional.logsigmoid(LinkPredictor.score(states, torch.tensor([user]),
                                                                         torch.tensor([item]))).mean()
-        paths = [nodes for _, nodes in cheapest_paths(step_costs(masked, masks.detach().numpy()), user, item,
-                                                      settings.search_k, settings.max_path_edges)]
+        costs = step_costs(masked, masks.detach().numpy(), (user, item))
+        paths = [nodes for _, nodes in cheapest_paths(costs, user, item, settings.search_k, None)]
         loss = prediction + path_loss(masks, path_interactions(masked, paths), settings.alpha, settings.beta)
         optimizer.zero_grad()
         loss.backward()
@@ -201,7 +214,8 @@ def pagelink_paths(graph: InteractionGraph, predictor: LinkPredictor, user_token
     masked = MaskedGraph.of(subgraph, graph.num_users)
     source, target = subgraph.local(user), subgraph.local(item)
     masks = learn_masks(predictor, masked, source, target, settings, seed)
-    found = cheapest_paths(step_costs(masked, masks), source, target, settings.k, settings.max_path_edges)[:keep]
+    costs = step_costs(masked, masks, (source, target))
+    found = cheapest_paths(costs, source, target, settings.k, settings.max_path_edges)[:keep]
     result.paths = [as_retrieval_path(graph, subgraph, nodes, cost) for cost, nodes in found]
     result.status = OK if result.paths else NO_PATH
     return result
