@@ -81,13 +81,15 @@ class RelationalLayer(nn.Module):
 
     def forward(self, states: torch.Tensor, edges: Edges, weights: torch.Tensor) -> torch.Tensor:
         out = self.own(states)
+        size = states.size(0)
         for relation, linear in enumerate(self.maps):
             chosen = edges.relations == relation
             sources, targets = edges.sources[chosen], edges.targets[chosen]
-            messages = linear(states[sources]) * weights[chosen, None]
-            summed = states.new_zeros(out.shape).index_add_(0, targets, messages)
-            counts = torch.bincount(targets, minlength=states.size(0)).clamp(min=1)
-            out = out + summed / counts[:, None]
+            counts = torch.bincount(targets, minlength=size).clamp(min=1)
+            # the weighted mean over in-neighbours as one sparse product (gradients reach the edge weights)
+            adjacency = torch.sparse_coo_tensor(torch.stack([targets, sources]), weights[chosen] / counts[targets],
+                                                (size, size), check_invariants=False)
+            out = out + torch.sparse.mm(adjacency, linear(states))
         return out
 
 
@@ -115,14 +117,15 @@ class LinkPredictor(nn.Module):
 
 def random_non_edges(graph: InteractionGraph, count: int, generator: np.random.Generator) -> Tuple[np.ndarray, ...]:
     """``count`` random (user node, item node) pairs that are not training edges (rejection sampling)."""
-    users, items = [], []
+    sources = np.repeat(np.arange(graph.num_nodes), graph.degrees)
+    edges = np.unique(sources[sources < graph.num_users] * graph.num_nodes + graph.indices[sources < graph.num_users])
+    users, items = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     while len(users) < count:
         u = generator.integers(0, graph.num_users, count)
         i = generator.integers(graph.num_users, graph.num_nodes, count)
-        keep = [not graph.has_edge(a, b) for a, b in zip(u, i)]
-        users += list(u[keep])
-        items += list(i[keep])
-    return np.asarray(users[:count]), np.asarray(items[:count])
+        keep = ~np.isin(u * graph.num_nodes + i, edges)
+        users, items = np.concatenate([users, u[keep]]), np.concatenate([items, i[keep]])
+    return users[:count], items[:count]
 
 
 def train_link_predictor(graph: InteractionGraph, settings: LinkPredictorSettings,
