@@ -163,6 +163,8 @@ ARTIFACTS: Dict[str, Artifact] = _declare(
     Artifact("graph", "graph", ("graph.npz",), "mmprefer paths --dataset {dataset}", "training graph"),
     Artifact("link_predictor", "link_predictor", ("model.safetensors",),
              "mmprefer paths --path_retriever=pagelink --dataset {dataset}", "PaGE-Link link predictor"),
+    Artifact("profile_embeddings", "profile_embeddings", ("users.npy", "items.npy"),
+             "mmprefer paths --path_node_retrieval=True --dataset {dataset}", "profile embeddings (node retrieval)"),
     Artifact("paths", "paths", ("paths.jsonl",), "mmprefer paths --dataset {dataset}", "retrieval paths"),
     Artifact("explainer", "explainer", ("adapter.safetensors", "explainer_config.json"),
              "mmprefer train --dataset {dataset}", "trained explainer"),

@@ -23,6 +23,8 @@ Systems (ablations are config switches, design section 8):
   gt         as full, with a graph transformer instead of the GAT
   full_neutral  as full, the soft prompt starting as a no-op (explainer_soft_prompt_start: neutral)
   zero_shot  the frozen LLM with text paths, nothing trained
+  grefer     G-Refer: PaGE-Link paths (path_retriever: pagelink) and its node retrieval (path_node_retrieval),
+             as text, LoRA on the same LLM with our budget; in a run folder of its own (<run_dir>/table1/grefer/run)
   NRT, Att2Seq, PETER, PEPLER, CER  the field's baselines (`mmprefer train --model NAME`), each with its
              properties/model/<Model>.yaml; trained on the same first ``--train_pairs`` train pairs for their
              own ``baseline_epochs`` (``--epochs`` is our explainer's), explaining the same test pairs
@@ -36,11 +38,12 @@ Every row of the paper's Table 1 on the full test split (300 rows)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,11 +56,15 @@ SYSTEMS = {
     "gt": {"explainer_gnn": "transformer"},
     "full_neutral": {"explainer_soft_prompt_start": "neutral"},
     "zero_shot": None,  # no training: generate_explanations without a model folder
+    "grefer": {"explainer_graph_level": False},  # in a run of its own (OWN_RUNS): G-Refer's retrieval
 }
+# Systems whose retrieval differs from the run's: each gets a run folder of its own, <run_dir>/table1/<name>/run,
+# with its own paths (and graph, link predictor, profile embeddings); the explainer settings are SYSTEMS[name].
+OWN_RUNS = {"grefer": {"path_retriever": "pagelink", "path_node_retrieval": True}}
 BASELINES = ("NRT", "Att2Seq", "PETER", "PEPLER", "CER")
 LABELS = {"full": "MMP-Refer (ours)", "no_graph": "w/o graph level", "no_paths": "w/o paths",
           "no_lora": "w/o LoRA", "gcn": "GCN encoder", "gt": "GT encoder", "no_multisid": "w/o Multi-SID",
-          "full_neutral": "ours, neutral soft-prompt start",
+          "full_neutral": "ours, neutral soft-prompt start", "grefer": "G-Refer (PaGE-Link paths + node retrieval)",
           "zero_shot": "zero-shot (no tuning)"}
 
 
@@ -116,12 +123,38 @@ def run_baseline(args, name: str, base_dir: Path, pairs: list) -> tuple:
     return out, read_json(model_dir / "meta.json")["minutes"], (time.perf_counter() - started) / 60
 
 
+@contextlib.contextmanager
+def argv_without(keys: Sequence[str]):
+    """sys.argv without the given --key=value overrides: RecBole's Config reads argv last, so they would win over
+    the settings a system of its own sets."""
+    saved = sys.argv
+    sys.argv = [arg for arg in saved if arg.lstrip("-").split("=")[0] not in keys]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def own_run_config(args, name: str, base_dir: Path, overrides: dict):
+    """The run folder of a system with retrieval of its own, its paths collected (resumable, skipped when up to
+    date)."""
+    from recbole_mmprefer.retrieval.collect import collect_paths
+
+    with argv_without([*overrides, "run_dir"]):
+        config = make_config(args, {**overrides, **(SYSTEMS.get(name) or {}),
+                                    "run_dir": str(base_dir / name / "run")})
+        collect_paths(config)
+    return config
+
+
 def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder_name=None) -> tuple:
     """(generation file, seconds training, seconds generating) of one system (``config``: a run of its own)."""
     from recbole_mmprefer.explainer.generate import generate_explanations
     from recbole_mmprefer.explainer.train import train_explainer
 
     overrides = SYSTEMS[name]
+    if config is None and name in OWN_RUNS:
+        config = own_run_config(args, name, base_dir, OWN_RUNS[name])
     config = make_config(args, overrides or {}) if config is None else config
     folder = base_dir / (folder_name or name)
     started = time.perf_counter()

@@ -28,24 +28,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table1 import LABELS, add_budget_arguments, make_config, parse_budget, run_system, test_pairs  # noqa: E402  (the shared machinery of the tables)
+from table1 import LABELS, add_budget_arguments, argv_without, make_config, parse_budget, run_system, test_pairs  # noqa: E402  (the shared machinery of the tables)
 
 ROWS = ["full", "gcn", "gt", "no_graph", "no_lora", "no_multisid", "no_paths"]
 PAIRED_METRICS = ["bertscore_precision", "bertscore_recall", "bertscore_f1"]
 
 
 OWN_RUN_KEYS = ("run_dir", "use_semantic_ids")  # the "w/o Multi-SID" row sets these itself
-
-
-@contextlib.contextmanager
-def own_run_argv():
-    """sys.argv without --run_dir / --use_semantic_ids: RecBole's Config reads argv last, so they would win."""
-    saved = sys.argv
-    sys.argv = [arg for arg in saved if arg.lstrip("-").split("=")[0] not in OWN_RUN_KEYS]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def no_multisid_config(args, base_dir: Path):
@@ -75,7 +64,7 @@ def main() -> None:
     pairs = test_pairs(config, args.test_pairs)
     files = {}
     for name in args.systems:
-        with own_run_argv() if name == "no_multisid" else contextlib.nullcontext():
+        with argv_without(OWN_RUN_KEYS) if name == "no_multisid" else contextlib.nullcontext():
             own = no_multisid_config(args, base_dir) if name == "no_multisid" else None
             out, train_seconds, generate_seconds = run_system(args, "full" if own is not None else name, base_dir,
                                                               pairs, config=own, folder_name=name)

@@ -13,7 +13,11 @@ item's title, since their profiles already stand in the prompt.
 **The prompt** is ``explainer_instruction`` (the paper's wording by default)
 with ``{title}``, ``{item_profile}``, ``{user_profile}`` and ``{paths}``
 filled; ``{paths}`` is ``explainer_paths_intro``, the graph soft prompt and the
-first ``explainer_paths`` path lines (empty for ``explainer_paths: 0``).
+first ``explainer_paths`` path lines (empty for ``explainer_paths: 0``), then,
+where the paths were retrieved with G-Refer's node retrieval
+(``path_node_retrieval``), ``explainer_related_intro`` with the first
+``explainer_related_nodes`` related users and items (shown as path nodes are;
+their profiles are cut alongside the path nodes' profiles).
 
 **The graph soft prompt** takes ``explainer_soft_tokens`` positions (default
 one per path). The prompt text marks its place with :data:`SOFT_MARKER`
@@ -43,7 +47,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from recbole_mmprefer.data.node_text import NodeText
@@ -155,6 +159,7 @@ class PromptParts:
     user_profile: Piece
     paths: List[List[PathNode]]
     offered_paths: int = 0
+    related: Dict[str, List[PathNode]] = field(default_factory=dict)  # node retrieval's "users" and "items"
 
 
 def prompt_parts(record: dict, node_text: NodeText, tokenizer, settings: PromptSettings) -> PromptParts:
@@ -165,7 +170,31 @@ def prompt_parts(record: dict, node_text: NodeText, tokenizer, settings: PromptS
                                               record.get("user_profile") or node_text.profile("user", user)],
                                              tokenizer)
     paths = [path_nodes(path, node_text, tokenizer) for path in (record.get("paths") or [])[:settings.paths]]
-    return PromptParts(_clean(title), item_profile, user_profile, paths, len(paths))
+    return PromptParts(_clean(title), item_profile, user_profile, paths, len(paths),
+                       related_nodes(record, node_text, tokenizer, settings.related_nodes))
+
+
+def related_nodes(record: dict, node_text: NodeText, tokenizer, count: int) -> Dict[str, List[PathNode]]:
+    """The first ``count`` related users and items of a record (node retrieval), as nodes with profiles."""
+    related = record.get("related") or {}
+    chosen = [("user", str(token)) for token in (related.get("users") or [])[:count]]
+    chosen += [("item", str(token)) for token in (related.get("items") or [])[:count]]
+    if not chosen:
+        return {}
+    pieces = make_pieces([node_text.profile(kind, token) for kind, token in chosen], tokenizer)
+    nodes: Dict[str, List[PathNode]] = {"users": [], "items": []}
+    for (kind, token), piece in zip(chosen, pieces):
+        nodes[f"{kind}s"].append(PathNode(kind, _clean(node_text.title(token)) if kind == "item" else "", piece))
+    return nodes
+
+
+def related_block(parts: PromptParts, settings: PromptSettings) -> str:
+    """The related-nodes lines (``explainer_related_intro`` filled); "" without related nodes."""
+    if not any(parts.related.values()):
+        return ""
+    users, items = ("; ".join(node.text() for node in parts.related.get(kind, [])) or "none"
+                    for kind in ("users", "items"))
+    return settings.related_intro.format(users=users, items=items).strip() + "\n"
 
 
 def paths_block(parts: PromptParts, settings: PromptSettings, soft_here: bool) -> str:
@@ -174,7 +203,7 @@ def paths_block(parts: PromptParts, settings: PromptSettings, soft_here: bool) -
     head = settings.paths_intro if lines and settings.paths_intro else ""
     if soft_here:
         head = f"{head} {SOFT_MARKER}".strip()
-    return "".join(f"{line}\n" for line in [head, *lines] if line)
+    return "".join(f"{line}\n" for line in [head, *lines] if line) + related_block(parts, settings)
 
 
 def render_prompt(parts: PromptParts, settings: PromptSettings) -> str:
@@ -208,7 +237,10 @@ def level_down(pieces: Sequence[Piece], amount: int, floor: int) -> bool:
 
 
 def _path_pieces(parts: PromptParts) -> List[Piece]:
-    return [node.profile for nodes in parts.paths for node in nodes if node.profile is not None]
+    """The profiles of the path nodes and of the related nodes: they are cut first, and alike."""
+    nodes = [node for path in parts.paths for node in path] + [node for kind in parts.related.values()
+                                                              for node in kind]
+    return [node.profile for node in nodes if node.profile is not None]
 
 
 def shorten_path_profiles(parts: PromptParts, excess: int, settings: PromptSettings) -> bool:

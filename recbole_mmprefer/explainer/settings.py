@@ -140,12 +140,19 @@ class PromptSettings(StageSettings):
     max_length: int
     max_new_tokens: int
     path_profile_min_tokens: int
+    related_nodes: int
+    related_intro: str
 
     def __post_init__(self):
         self.instruction = str(self.instruction)
         check_template(self.instruction)
         self.paths_intro = str(self.paths_intro or "")
         self.paths = check_int("explainer_paths", self.paths, 0, MAX_PATHS)
+        self.related_nodes = check_int("explainer_related_nodes", self.related_nodes, 0, MAX_PATHS)
+        self.related_intro = str(self.related_intro or "")
+        if self.related_nodes and not all(f"{{{name}}}" in self.related_intro for name in ("users", "items")):
+            raise InputError("explainer_related_intro must hold {users} and {items} (or set explainer_related_nodes: 0)"
+                             f"; it is {self.related_intro!r}")
         self.soft_tokens = check_int("explainer_soft_tokens", self.soft_tokens, 0)
         self.max_length = check_int("explainer_max_length", self.max_length, 2)
         self.path_profile_min_tokens = check_int("explainer_path_profile_min_tokens", self.path_profile_min_tokens, 0)

@@ -99,7 +99,8 @@ def collect_paths(config, split: Optional[str] = None, pairs_file: Optional[Path
     pairs = load_pairs(config, graph, split, pairs_file)
     input_hash = json_sha256({"settings": settings.search(), "graph": ARTIFACTS["graph"].read_meta(config),
                               "vectors": depends_on.get("vectors", {}), "pairs": pairs,
-                              **({} if settings.retriever == "mmprefer" else {"retriever": depends_on})})
+                              **({} if settings.retriever == "mmprefer" else {"retriever": depends_on}),
+                              **({"related_nodes": depends_on["related_nodes"]} if settings.node_retrieval else {})})
     artifact = ARTIFACTS["paths"]
     if not force and artifact.is_fresh(config, input_hash):
         for leftover in stale_partials(artifact.dir(config)):

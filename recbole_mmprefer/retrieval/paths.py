@@ -138,9 +138,13 @@ class PathResult:
     paths: List[RetrievalPath] = field(default_factory=list)
     subgraph_nodes: int = 0
     subgraph_edges: int = 0
+    related: Optional[Dict[str, List[str]]] = None  # node retrieval's users and items (absent when it is off)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if record["related"] is None:
+            record.pop("related")
+        return record
 
     def to_record(self) -> dict:
         """The pair's line of ``paths.jsonl`` (``user_id``, ``item_id``, ...); :meth:`from_record` reads it."""
@@ -154,7 +158,7 @@ class PathResult:
                  for path in record.get("paths", [])]
         return cls(user=str(record["user_id"]), item=str(record["item_id"]), status=record["status"], paths=paths,
                    subgraph_nodes=int(record.get("subgraph_nodes", 0)),
-                   subgraph_edges=int(record.get("subgraph_edges", 0)))
+                   subgraph_edges=int(record.get("subgraph_edges", 0)), related=record.get("related"))
 
 
 def make_path(graph: InteractionGraph, nodes: Tuple[int, ...], fixed_cost: int) -> RetrievalPath:

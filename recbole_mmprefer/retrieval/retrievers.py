@@ -6,7 +6,8 @@ pair; both return a :class:`~recbole_mmprefer.retrieval.paths.PathResult`, so
 ``pagelink`` trains PaGE-Link's link predictor on the run's training graph
 first (the ``link_predictor`` artifact, reused while the graph and its
 settings are unchanged; its training time is reported apart from the per-pair
-search).
+search). ``path_node_retrieval: True`` wraps either in :class:`WithRelatedNodes`
+(G-Refer's node-level retrieval, :mod:`.node_retrieval`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from recbole_mmprefer.retrieval.link_predictor import (
     save_link_predictor,
     train_link_predictor,
 )
+from recbole_mmprefer.retrieval.node_retrieval import NodeRetriever, build_node_retriever
 from recbole_mmprefer.retrieval.pagelink import PageLinkSettings, pagelink_paths
 from recbole_mmprefer.retrieval.paths import PathResult, find_paths
 from recbole_mmprefer.retrieval.settings import RetrievalSettings
@@ -64,8 +66,31 @@ class PageLinkRetriever:
         return pagelink_paths(self.graph, self.predictor, user, item, self.settings, self.keep, self.seed)
 
 
+@dataclass
+class WithRelatedNodes:
+    """A path retriever whose results also carry G-Refer's related users and items (``related``)."""
+
+    paths: object
+    nodes: NodeRetriever
+
+    def __call__(self, user: str, item: str) -> PathResult:
+        result = self.paths(user, item)
+        result.related = self.nodes(user, item)
+        return result
+
+
 def build_retriever(config, graph: InteractionGraph, settings: RetrievalSettings) -> Tuple[object, dict]:
     """(the configured retriever, what its paths depend on besides the pairs: for the paths' input hash)."""
+    retriever, depends_on = build_path_retriever(config, graph, settings)
+    if settings.node_retrieval:
+        nodes, embeddings_hash = build_node_retriever(config, graph, settings.node_k)
+        retriever = WithRelatedNodes(retriever, nodes)
+        depends_on["related_nodes"] = {**settings.nodes(), "profile_embeddings": embeddings_hash}
+    return retriever, depends_on
+
+
+def build_path_retriever(config, graph: InteractionGraph, settings: RetrievalSettings) -> Tuple[object, dict]:
+    """(the configured path retriever, what its paths depend on besides the pairs)."""
     if settings.retriever == "mmprefer":
         user_vectors, item_vectors, report = (load_node_vectors(config, graph) if settings.needs_vectors
                                               else (None, None, {}))

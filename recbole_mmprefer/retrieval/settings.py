@@ -7,13 +7,13 @@ from typing import Dict, Optional
 
 from recbole_mmprefer.data.explanations import SPLITS
 from recbole_mmprefer.retrieval.paths import COST_RULES, MAX_HOPS, MAX_K
-from recbole_mmprefer.settings import StageSettings, check_choice, check_int, check_optional_int
+from recbole_mmprefer.settings import StageSettings, check_bool, check_choice, check_int, check_optional_int
 
 
 @dataclass
 class RetrievalSettings(StageSettings):
-    """``path_hops``, ``path_core``, ``path_k``, ``path_weight``, ``path_workers``, ``path_pairs_split`` and
-    ``path_max_subgraph_nodes``, checked."""
+    """``path_hops``, ``path_core``, ``path_k``, ``path_weight``, ``path_workers``, ``path_pairs_split``,
+    ``path_max_subgraph_nodes``, ``path_retriever``, ``path_node_retrieval`` and ``path_node_k``, checked."""
 
     PREFIX = "path_"
 
@@ -25,8 +25,12 @@ class RetrievalSettings(StageSettings):
     pairs_split: Optional[str]
     max_subgraph_nodes: Optional[int]
     retriever: str
+    node_retrieval: bool
+    node_k: int
 
     def __post_init__(self):
+        self.node_retrieval = check_bool("path_node_retrieval", self.node_retrieval)
+        self.node_k = check_int("path_node_k", self.node_k, 1)
         self.retriever = check_choice("path_retriever", self.retriever, ("mmprefer", "pagelink"))
         self.hops = check_int("path_hops", self.hops, 1, MAX_HOPS)
         self.core = check_int("path_core", self.core, 0)
@@ -41,6 +45,11 @@ class RetrievalSettings(StageSettings):
         """The keyword arguments of :func:`~recbole_mmprefer.retrieval.paths.find_paths`."""
         return {"hops": self.hops, "core": self.core, "k": self.k, "weight": self.weight,
                 "max_subgraph_nodes": self.max_subgraph_nodes}
+
+    def nodes(self) -> Dict[str, object]:
+        """What node retrieval adds to the paths' inputs ({} when it is off, so that paths made without it
+        stay up to date)."""
+        return {"node_k": self.node_k} if self.node_retrieval else {}
 
     @property
     def needs_vectors(self) -> bool:
