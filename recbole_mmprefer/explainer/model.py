@@ -165,10 +165,11 @@ class ExplainerModel(nn.Module):
     def generate(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None,
                  max_new_tokens: int = 96, decoding: str = "greedy", num_beams: int = 4, temperature: float = 0.7,
                  top_p: float = 0.9, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                 no_repeat_ngram_size: int = 0) -> List[List[int]]:
+                 no_repeat_ngram_size: int = 0, streamer=None) -> List[List[int]]:
         """New token ids per row of a left-padded batch (EOS and what follows dropped); EOS is barred from the
         first ``min_new_tokens`` steps. The repetition settings see only the new tokens (the prompt goes in as
-        embeddings), so they stop the explanation repeating itself, not it quoting the prompt."""
+        embeddings), so they stop the explanation repeating itself, not it quoting the prompt. ``streamer``
+        (a transformers streamer, one-row batches) receives the tokens as they come."""
         if decoding not in DECODINGS:
             raise InputError(f"explainer_decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
         embeds = self.embed(batch["input_ids"], batch["soft_positions"], graphs)
@@ -184,7 +185,7 @@ class ExplainerModel(nn.Module):
             warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds")
             output = llm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
                                   max_new_tokens=int(max_new_tokens), pad_token_id=self.tokenizer.pad_token_id,
-                                  eos_token_id=eos, use_cache=True, **options)
+                                  eos_token_id=eos, use_cache=True, streamer=streamer, **options)
         rows = []
         for row in output.tolist():  # decoder-only from inputs_embeds: only the new tokens come back
             if eos is not None and eos in row:

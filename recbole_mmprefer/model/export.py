@@ -97,7 +97,9 @@ def export_embeddings(config, model, dataset, eval_data, model_file: str, test_r
     item_tokens = dataset.field2id_token[config["ITEM_ID_FIELD"]][1:].tolist()
 
     out_dir = ARTIFACTS["recommender"].dir(config)
-    meta = {"model": config["model"], "model_file": str(model_file), "users": len(user_tokens),
+    similarity = getattr(model, "similarity", "dot")  # how full_sort_predict scores these vectors
+    meta = {"model": config["model"], "model_file": str(model_file), "similarity": similarity,
+            "users": len(user_tokens),
             "items": len(item_tokens), "dim": int(item_vectors.shape[1]),
             "test_result": {key: float(value) for key, value in (test_result or {}).items()}}
     with ARTIFACTS["recommender"].writing(config, recommender_input_hash(config), meta) as staging:

@@ -72,16 +72,51 @@ def drawing_graph(graph: InteractionGraph, result: PathResult) -> Tuple[nx.Graph
     return drawn, paths
 
 
+LEGEND_ROW = 18  # pixels per legend row
+LEGEND_ENTRY = 80  # pixels per path entry in a legend row
+
+
+def legend_height(paths: int, size: int) -> int:
+    """The first row shows the node kinds, the next ones the path colours."""
+    per_row = max(size // LEGEND_ENTRY, 1)
+    return LEGEND_ROW * (1 + -(-paths // per_row)) + 10
+
+
+def legend_svg(paths: int, top: float, size: int) -> str:
+    """The key under the drawing: the node shapes, the pair's outline and one colour per path."""
+    y, per_row = top + 16, max(size // LEGEND_ENTRY, 1)
+    parts = [f'<g class="legend" font-size="11"><rect x="0" y="{top:.0f}" width="{size}" '
+             f'height="{legend_height(paths, size)}" fill="#fafafa" stroke="#e3e3e3"/>',
+             f'<circle cx="16" cy="{y:.0f}" r="6" fill="#d6e6f5" stroke="#555555"/>'
+             f'<text x="27" y="{y + 4:.0f}">user</text>',
+             f'<rect x="66" y="{y - 6:.0f}" width="12" height="12" fill="#fde0c5" stroke="#555555"/>'
+             f'<text x="84" y="{y + 4:.0f}">item</text>',
+             f'<circle cx="130" cy="{y:.0f}" r="6" fill="#ffffff" stroke="#000000" stroke-width="2.5"/>'
+             f'<text x="141" y="{y + 4:.0f}">the pair (thick outline)</text>',
+             f'<line x1="290" y1="{y:.0f}" x2="310" y2="{y:.0f}" stroke="#cccccc"/>'
+             f'<text x="315" y="{y + 4:.0f}">other edge</text>']
+    for number in range(paths):
+        x = 16 + LEGEND_ENTRY * (number % per_row)
+        row = y + LEGEND_ROW * (1 + number // per_row)
+        parts.append(f'<line x1="{x}" y1="{row:.0f}" x2="{x + 20}" y2="{row:.0f}" '
+                     f'stroke="{PATH_COLOURS[number % len(PATH_COLOURS)]}" stroke-width="3"/>'
+                     f'<text x="{x + 25}" y="{row + 4:.0f}">path {number + 1}</text>')
+    parts.append("</g>")
+    return "".join(parts)
+
+
 def svg(graph: InteractionGraph, result: PathResult, text: NodeText, size: int = 640) -> str:
-    """A standalone SVG: users as circles, items as squares, path edges coloured, the pair's ends outlined."""
+    """A standalone SVG: users as circles, items as squares, path edges coloured, the pair's ends outlined, and
+    a legend under it."""
     drawn, paths = drawing_graph(graph, result)
     layout = nx.spring_layout(drawn, seed=0)
     coordinates = np.array([layout[node] for node in drawn.nodes]) if layout else np.zeros((1, 2))
     low, high = coordinates.min(axis=0), coordinates.max(axis=0)
     span = np.where(high - low > 0, high - low, 1.0)
     position = {node: (40 + (size - 80) * (layout[node] - low) / span) for node in drawn.nodes}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
-             f'viewBox="0 0 {size} {size}" font-family="sans-serif" font-size="10">',
+    height = size + legend_height(len(paths), size)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{height}" '
+             f'viewBox="0 0 {size} {height}" font-family="sans-serif" font-size="10">',
              f"<title>{html.escape(text.label('user', result.user))} to "
              f"{html.escape(text.label('item', result.item))}</title>"]
     path_edges = {}
@@ -98,6 +133,7 @@ def svg(graph: InteractionGraph, result: PathResult, text: NodeText, size: int =
     on_path = {node for nodes in paths for node in nodes}
     for node in drawn.nodes:
         parts.append(_node_svg(graph, node, position[node], text, node in endpoints, node in on_path))
+    parts.append(legend_svg(len(paths), size, size))
     parts.append("</svg>")
     return "\n".join(parts)
 
