@@ -204,17 +204,24 @@ def _markdown(config, sections: List[Dict[str, str]], generations: Path, evaluat
 
 
 def _html(config, sections: List[Dict[str, str]], evaluation: Optional[Path], summary: str) -> str:
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>MMP-Refer on "
-             f"{html.escape(config['dataset'])}</title></head><body><h1>MMP-Refer on "
-             f"{html.escape(config['dataset'])}</h1><p>{html.escape(summary)}</p>"]
+    """The report as one page, in the web app's look: readable width, drawings with their legend, long lines
+    wrapped instead of running off the page."""
+    from recbole_mmprefer.resources import page_style
+
+    name = html.escape(config["dataset"])
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>MMP-Refer on {name}</title>"
+             f"<style>{page_style()}</style></head><body><header><h1>MMP-Refer on {name}</h1>"
+             f"<div class='meta'>{html.escape(summary)}</div></header><main class='report'>"]
     if evaluation is not None:
-        parts.append(f"<pre>{html.escape((evaluation / 'table.md').read_text(encoding='utf-8'))}</pre>")
+        parts.append("<section class='panel'><h2>Evaluation</h2>"
+                     f"<pre>{html.escape((evaluation / 'table.md').read_text(encoding='utf-8'))}</pre></section>")
     for section in sections:
-        parts.append(f"<h2>{html.escape(section['pair'])}</h2>{section['svg']}"
-                     f"<pre>{html.escape(section['paths'])}</pre>"
-                     f"<p><b>Explanation:</b> {html.escape(section['explanation'])}</p>"
-                     f"<p><b>Grounding:</b> {section['grounding']}</p>")
-        if section["reference"]:
-            parts.append(f"<p><b>Reference:</b> {html.escape(section['reference'])}</p>")
-    parts.append("</body></html>")
+        reference = (f"<p><b>Reference:</b> {html.escape(section['reference'])}</p>" if section["reference"] else "")
+        parts.append(f"<section class='panel'><h2>{html.escape(section['pair'])}</h2><div class='pair'><div>"
+                     f"<pre>{html.escape(section['paths'])}</pre><p><b>Explanation:</b></p>"
+                     f"<div class='explanation'>{html.escape(section['explanation'])}</div>"
+                     f"<p><b>Grounding:</b> {section['grounding']}</p>{reference}</div>"
+                     f"<div class='drawing'>{section['svg']}</div></div></section>")
+    parts.append("</main></body></html>")
     return "\n".join(parts)

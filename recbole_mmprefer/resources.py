@@ -79,3 +79,11 @@ def stage_setting(config, key: str):
     (``properties/*.yaml``, then RecBole's own property files)."""
     value = config[key] if config is not None and key in config else None
     return stage_defaults().get(key) if value is None else value
+
+
+STYLE_MARKER = "/* page_style.css */"
+
+
+def page_style() -> str:
+    """The stylesheet of the web app's page and of report.html (``recbole_mmprefer/page_style.css``)."""
+    return (Path(__file__).resolve().parent / "page_style.css").read_text(encoding="utf-8")

@@ -64,7 +64,9 @@ def test_mmprefer_run_on_a_data_set_without_explanations_goes_zero_shot(tmp_path
     report = (run / "report" / "report.md").read_text()
     assert "No reference explanations" in report and report.count("## user ") == 2
     assert "Explained by the frozen LLM, zero-shot" in report
-    assert "<svg" in (run / "report" / "report.html").read_text()
+    page = (run / "report" / "report.html").read_text()
+    assert page.count("<svg") == 2 and page.count('class="legend"') == 2  # each drawing with its key
+    assert "main.report { display: block; max-width: 1000px; }" in page and "white-space: pre-wrap" in page
 
 
 def test_mmprefer_run_trains_with_the_graph_soft_prompt_and_scores(tmp_path, tiny_encoder):

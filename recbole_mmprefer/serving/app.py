@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 from recbole_mmprefer.artifacts import ARTIFACTS, run_dir
 from recbole_mmprefer.errors import InputError, MissingInputError
+from recbole_mmprefer.resources import STYLE_MARKER, page_style
 from recbole_mmprefer.serving.explain import ExplanationQueue, PairExplainer
 from recbole_mmprefer.serving.session import RecommendSession, UnknownNodeError
 
@@ -41,7 +42,9 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
 
 def page_html() -> str:
-    return resources.files("recbole_mmprefer.serving").joinpath("page.html").read_text(encoding="utf-8")
+    """The page, with the stylesheet it shares with report.html."""
+    page = resources.files("recbole_mmprefer.serving").joinpath("page.html").read_text(encoding="utf-8")
+    return page.replace(STYLE_MARKER, page_style(), 1)
 
 
 def create_app(config, make_session: Optional[Callable[[], RecommendSession]] = None,
