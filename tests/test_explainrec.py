@@ -120,6 +120,9 @@ def test_each_loss_reaches_its_own_parameters(tmp_path):
     assert reached("reason") == {"lora": True, "fusion": True, "rating": False}
     assert reached("consistency") == {"lora": True, "fusion": True, "rating": False}
     assert reached("rating")["rating"] is True
+    # the head starts at zero, so its first loss is that of predicting the like threshold (3): (4-3)^2, (2-3)^2
+    assert float(model.task_losses(batch, batch["features"])["rating"].detach()) == pytest.approx(1.0)
+    assert model.explainrec.rating_center == 3.0
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):

@@ -22,7 +22,12 @@ EOS. P(Yes) is read at the first answer token exactly as for TALLRec.
   low when the answer the model gives is the one under which its reason is the
   more likely, and its gradient reaches both the answer and the reason;
 * ``L_rating`` (multi-task): squared error of a linear head on the hidden
-  state at the first answer token against the target's rating (where known).
+  state at the first answer token against the target's rating (where known)
+  minus ``explainrec_rating_center`` (the like threshold by default). Raw
+  stars (1-5) against a fresh head gave a loss ~10x L_pred whose gradient
+  moved the answer position's state along a direction unrelated to Yes/No;
+  centred, the target is small and its sign is the label's, and the head
+  starts at zero.
 
 **Task weights.** ``explainrec_task_weighting: uncertainty`` learns one
 log-variance s_t per task (Kendall et al., 2018): L = sum_t exp(-s_t) L_t +
@@ -162,6 +167,9 @@ class ExplainRecModel(PreferenceModel):
             self.fusion = ModalityFusion(item_features.dims, explainrec.fusion_hidden, explainrec.soft_tokens, hidden)
         self.item_features = item_features  # a ModalityFeatures (not a module: no weights)
         self.rating_head = nn.Linear(hidden, 1) if explainrec.multitask else None
+        if self.rating_head is not None:  # predicts the centred rating 0 at first: a small loss whatever the stars
+            nn.init.zeros_(self.rating_head.weight)
+            nn.init.zeros_(self.rating_head.bias)
         self.log_variances = nn.Parameter(torch.zeros(len(explainrec.tasks))) if explainrec.adaptive else None
         self.to(self.device)
         self.last_modality_weights: Optional[Tensor] = None
@@ -211,7 +219,7 @@ class ExplainRecModel(PreferenceModel):
             p = torch.log_softmax(logits[true], dim=1)
             losses["consistency"] = nn.functional.kl_div(p, q, log_target=True, reduction="batchmean")
         if self.rating_head is not None:
-            ratings = batch["rating"].to(self.device)[true]
+            ratings = batch["rating"].to(self.device)[true] - float(self.explainrec.rating_center or 0.0)
             known = ~torch.isnan(ratings)
             predicted = self.rating_head(answer_rows[true].float()).squeeze(-1)
             losses["rating"] = (((predicted - ratings) ** 2)[known].mean() if known.any()

@@ -105,8 +105,11 @@ class ExplainRecSettings(StageSettings):
     reason_weight: float
     consistency_weight: float
     rating_weight: float
+    rating_center: Optional[float]
 
     def __post_init__(self):
+        if self.rating_center is not None:
+            self.rating_center = check_float("explainrec_rating_center", self.rating_center)
         self.instruction = str(self.instruction)
         if "{kind}" not in self.instruction:
             raise InputError("explainrec_instruction must hold {kind} (the item kind: movie, book, ...)")
@@ -144,10 +147,12 @@ class PreferenceModelConfig:
     @classmethod
     def from_config(cls, config=None) -> "PreferenceModelConfig":
         system = check_choice("preference_system", stage_setting(config, "preference_system"), SYSTEMS)
+        explainrec = ExplainRecSettings.from_config(config) if system == "explainrec" else None
+        if explainrec is not None and explainrec.rating_center is None:
+            explainrec.rating_center = check_float("preference_like_threshold",
+                                                   stage_setting(config, "preference_like_threshold"))
         return cls(system, PreferencePromptSettings.from_config(config), PreferenceLoraSettings.from_config(config),
-                   LlmSettings.from_config(config),
-                   ExplainRecSettings.from_config(config) if system == "explainrec" else None,
-                   check_int("seed", stage_setting(config, "seed")))
+                   LlmSettings.from_config(config), explainrec, check_int("seed", stage_setting(config, "seed")))
 
     def to_config(self) -> Dict[str, object]:
         return {"preference_system": self.system, **self.prompt.to_config(), **self.lora.to_config(),
