@@ -101,9 +101,15 @@ def cmd_preferences(args: argparse.Namespace, overrides: List[str]) -> None:
     from recbole_mmprefer.data.preferences import build_preferences, import_preferences
 
     config = stage_config(args, overrides)
+    if args.tallrec_json and args.cold:
+        raise InputError("--cold builds cold-start samples from the data set; --tallrec_json imports a file: one")
     if args.tallrec_json:
         out_dir = import_preferences(config, Path(args.tallrec_json), split=args.split, name=args.name,
                                      match_titles=not args.no_title_match)
+    elif args.cold:
+        from recbole_mmprefer.data.cold_start import build_cold_start
+
+        out_dir = build_cold_start(config, args.cold, force=args.force)
     else:
         out_dir = build_preferences(config, force=args.force)
     print(f"Preference samples: {out_dir / 'samples.jsonl'}")
@@ -396,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="with --tallrec_json: the samples' folder name (default tallrec-<file stem>)")
     preferences.add_argument("--no_title_match", "--no-title-match", action="store_true",
                              help="with --tallrec_json: keep titles as item ids (a domain not in this data set)")
+    preferences.add_argument("--cold", choices=["users", "items"], default=None,
+                             help="cold-start samples instead: new users (shown a support set) or new items, held "
+                             "out entirely (coldstart_* keys); written to <run_dir>/preferences/cold-<users|items>/")
     preferences.set_defaults(handler=cmd_preferences)
     tune = stage("preference-train", "Tune a TALLRec preference model (LoRA, Yes/No answers) on the few-shot "
                  "training set (preference_shots); writes <run_dir>/preference_models/tallrec-<shots>/",
