@@ -195,3 +195,28 @@ def test_the_command_line_builds_both_splits(world, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse names the choices
         mmprefer(["preferences", *common, "--cold", "friends"])
     assert "invalid choice: 'friends' (choose from 'users', 'items')" in capsys.readouterr().err
+
+
+def test_tallrec_tunes_and_scores_new_users_with_the_knowledge_in_its_prompt(world, tmp_path):
+    from test_preference_model import write_answer_llama
+
+    from recbole_mmprefer.preference.prompts import preference_input
+    from recbole_mmprefer.preference.score import score_preferences
+    from recbole_mmprefer.preference.train import train_preference_model
+
+    config = world_config(world, tmp_path, llm_path=str(write_answer_llama(tmp_path / "llama")),
+                          preference_knowledge=True, preference_shots=4, preference_epochs=1,
+                          preference_bf16=False)
+    build_cold_start(config, "users")
+    model_dir = train_preference_model(config, samples_name="cold-users")
+    assert model_dir.name == "tallrec-knowledge-4shot-cold-users"
+    out = score_preferences(config, model_dir, samples_name="cold-users", max_samples=6)
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["samples"] == 6 and meta["samples_name"] == "cold-users"
+    folder = Path(config["run_dir"]) / "preference_knowledge" / "cold-users"
+    assert {p.name for p in folder.iterdir()} >= {"demographic.json", "temporal.json", "cross_domain.json"}
+    sample = next(s for s in read_preferences(config, "cold-users") if s["split"] == "test")
+    knowledge = KnowledgeBase.load(config, folder)
+    prompt = preference_input({**sample, "knowledge": knowledge_text(sample, knowledge)}, "movie", sample["history"])
+    assert "\nPreference knowledge: Users like this one liked" in prompt
+    assert preference_input(sample, "movie", sample["history"]).count("Preference knowledge") == 0

@@ -49,7 +49,7 @@ from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.prompts import SOFT_MARKER
 from recbole_mmprefer.explainer.tokens import IGNORE_INDEX, encode_prompt
 from recbole_mmprefer.preference.model import PreferenceModel, position_ids
-from recbole_mmprefer.preference.prompts import answer_text, quoted, sample_title
+from recbole_mmprefer.preference.prompts import answer_text, knowledge_line, quoted, sample_title
 from recbole_mmprefer.preference.reasons import history_with_reasons, reference_reason
 from recbole_mmprefer.preference.settings import ExplainRecSettings, PreferencePromptSettings
 
@@ -87,7 +87,7 @@ def explainrec_input(sample: dict, prompt: PreferencePromptSettings, settings: E
         target = f'"{sample_title(sample)}"'
     if settings.multimodal:
         target += f" {SOFT_MARKER}"
-    return (f"User Preference: {liked_text}\nUser Unpreference: {disliked_text}\n"
+    return (f"User Preference: {liked_text}\nUser Unpreference: {disliked_text}\n{knowledge_line(sample)}"
             f"Whether the user will like the target {prompt.item_kind} {target}?")
 
 

@@ -292,3 +292,10 @@ def knowledge_text(sample: dict, knowledge: KnowledgeBase, kind: str = "movie") 
                                     knowledge.smoothing) for g in groups]))
         parts.append(f"In the other domain, {genre} items were liked {other:.0%} of the time.")
     return " ".join(parts)
+
+
+def attach_knowledge(config, samples_name: str, samples: Sequence[dict], kind: str) -> List[dict]:
+    """The samples, each with its priors in words (``knowledge``, shown by the prompt), K built from their train
+    split (:func:`build_knowledge`)."""
+    knowledge = KnowledgeBase.load(config, build_knowledge(config, samples_name, samples))
+    return [{**sample, "knowledge": knowledge_text(sample, knowledge, kind)} for sample in samples]

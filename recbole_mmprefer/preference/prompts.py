@@ -39,8 +39,13 @@ def preference_input(sample: dict, kind: str, history: Sequence[dict]) -> str:
     """TALLRec's input for ``sample`` with the given (possibly shortened) history."""
     liked = quoted([sample_title(entry) for entry in history if entry["liked"]])
     disliked = quoted([sample_title(entry) for entry in history if not entry["liked"]])
-    return (f"User Preference: {liked}\nUser Unpreference: {disliked}\n"
+    return (f"User Preference: {liked}\nUser Unpreference: {disliked}\n{knowledge_line(sample)}"
             f"Whether the user will like the target {kind} \"{sample_title(sample)}\"?")
+
+
+def knowledge_line(sample: dict) -> str:
+    """``Preference knowledge: ...`` where the sample carries the knowledge base's priors in words, else ""."""
+    return f"Preference knowledge: {sample['knowledge']}\n" if sample.get("knowledge") else ""
 
 
 def prompt_text(sample: dict, settings: PreferencePromptSettings, history: Sequence[dict], tokenizer) -> str:

@@ -27,7 +27,13 @@ from recbole_mmprefer.explainer.pair_data import llm_identity
 from recbole_mmprefer.jsonl import write_jsonl
 from recbole_mmprefer.preference.model import PreferenceModel
 from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
-from recbole_mmprefer.preference.train import ADAPTER_FILE, build_preference_model, features_fingerprint, sample_keys
+from recbole_mmprefer.preference.train import (
+    ADAPTER_FILE,
+    build_preference_model,
+    features_fingerprint,
+    prompt_samples,
+    sample_keys,
+)
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.utils import file_sha256, json_sha256
 
@@ -73,16 +79,17 @@ def score_preferences(config, model_dir: Optional[Path] = None, split: str = "te
                       force: bool = False) -> Path:
     """Write P(Yes) for the split's samples (the first ``max_samples``); returns the file (default
     ``<run_dir>/preference_scores/<model folder name or zeroshot>-<samples>-<split>.jsonl``)."""
-    samples = [sample for sample in read_preferences(config, samples_name) if sample["split"] == split]
+    training = PreferenceTrainingSettings.from_config(config)
+    settings = (PreferenceModelConfig.load(model_dir, config) if model_dir is not None
+                else PreferenceModelConfig.from_config(config).zero_shot())
+    samples = prompt_samples(config, settings, samples_name, read_preferences(config, samples_name))
+    samples = [sample for sample in samples if sample["split"] == split]
     if max_samples is not None:
         samples = samples[:max_samples]
     if not samples:
         raise InputError(f"the preference samples {samples_name!r} have no {split!r} split to score")
     name = f"{Path(model_dir).name if model_dir is not None else 'zeroshot'}-{samples_name}-{split}"
     out_file = Path(out_file) if out_file is not None else ARTIFACTS["preference_scores"].file(config, name=name)
-    training = PreferenceTrainingSettings.from_config(config)
-    settings = (PreferenceModelConfig.load(model_dir, config) if model_dir is not None
-                else PreferenceModelConfig.from_config(config).zero_shot())
     input_hash = json_sha256({"samples": sample_keys(samples), "settings": settings.to_config(),
                               "reasons": [stage_setting(config, key) for key in ("preference_reason_samples",
                                                                                  "preference_reason_max_tokens")],

@@ -40,8 +40,10 @@ class PreferencePromptSettings(StageSettings):
     instruction: str
     item_kind: str
     max_length: int
+    knowledge: bool
 
     def __post_init__(self):
+        self.knowledge = check_bool("preference_knowledge", self.knowledge)
         self.instruction = str(self.instruction)
         if "{kind}" not in self.instruction:
             raise InputError("preference_instruction must hold {kind} (the item kind: movie, book, ...)")

@@ -44,7 +44,17 @@ ADAPTER_FILE = "adapter.safetensors"
 def sample_keys(samples: Sequence[dict]) -> List[list]:
     """What the model sees of each sample (for input hashes)."""
     return [[s["index"], s["item_id"], s["title"], s["label"], [[h["item_id"], h["title"], h["liked"]]
-                                                                 for h in s["history"]]] for s in samples]
+                                                                 for h in s["history"]]]
+            + ([s["knowledge"]] if s.get("knowledge") else []) for s in samples]
+
+
+def prompt_samples(config, settings: PreferenceModelConfig, samples_name: str, samples: Sequence[dict]) -> List[dict]:
+    """The samples as the prompts see them: with the knowledge base's priors under ``preference_knowledge``."""
+    if not settings.prompt.knowledge:
+        return list(samples)
+    from recbole_mmprefer.preference.knowledge import attach_knowledge
+
+    return attach_knowledge(config, samples_name, samples, settings.prompt.item_kind)
 
 
 def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: Optional[Sequence[dict]] = None,
@@ -55,11 +65,12 @@ def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: O
     if not settings.lora.enabled:
         raise InputError("preference_lora: False leaves nothing to tune; score zero-shot instead (no model folder)")
     samples = read_preferences(config, samples_name) if samples is None else list(samples)
+    samples = prompt_samples(config, settings, samples_name, samples)
     train = few_shot(samples, training.shots)
     if not train:
         raise InputError("the preference samples have no train split to tune on")
-    out_dir = Path(out_dir) if out_dir is not None else ARTIFACTS["preference_model"].dir(
-        config, name=model_name(settings, training.shots))
+    name = model_name(settings, training.shots) + ("" if samples_name == WINDOWS else f"-{samples_name}")
+    out_dir = Path(out_dir) if out_dir is not None else ARTIFACTS["preference_model"].dir(config, name=name)
     input_hash = json_sha256({"train": sample_keys(train), "settings": settings.to_config(),
                               "training": training.results_keys(), "llm": llm_identity(settings.llm),
                               "features": features_fingerprint(settings, config)})
@@ -84,10 +95,10 @@ def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: O
 
 
 def model_name(settings: PreferenceModelConfig, shots: Optional[int]) -> str:
-    """``tallrec-64shot``, ``explainrec-64shot``, ``explainrec-no_attribution-64shot``, ..."""
+    """``tallrec-64shot``, ``explainrec-64shot``, ``explainrec-no_attribution-knowledge-64shot``, ..."""
     off = [] if settings.explainrec is None else [
         f"no_{part}" for part in ("attribution", "multimodal", "multitask") if not getattr(settings.explainrec, part)]
-    return "-".join([settings.system, *off, shots_name(shots)])
+    return "-".join([settings.system, *off, *(["knowledge"] if settings.prompt.knowledge else []), shots_name(shots)])
 
 
 def features_fingerprint(settings: PreferenceModelConfig, config) -> Optional[dict]:
