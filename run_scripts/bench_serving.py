@@ -110,8 +110,9 @@ def main() -> None:
                   f"{percentile(firsts, 0.95):.2f} | {max(firsts):.2f} | < 2 s |",
                   f"| explanation: whole | {len(totals)} | {statistics.median(totals):.2f} | "
                   f"{percentile(totals, 0.95):.2f} | {max(totals):.2f} | |"]
-    lines += ["", f"The first explanation also loaded the explainer: first words after {load_first or load_total:.1f} s, "
-              f"whole after {load_total:.1f} s.", "", f"Command: `{command.strip()}`", ""]
+    lines += ["", "The first explanation also loaded the explainer: first words after "
+              f"{load_first or load_total:.1f} s, whole after {load_total:.1f} s.", "", f"Command: `{command.strip()}`",
+              ""]
     text = "\n".join(lines)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")
