@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recbole_mmprefer.cli import main as mmprefer
 from recbole_mmprefer.config import Config
@@ -220,3 +221,71 @@ def test_tallrec_tunes_and_scores_new_users_with_the_knowledge_in_its_prompt(wor
     prompt = preference_input({**sample, "knowledge": knowledge_text(sample, knowledge)}, "movie", sample["history"])
     assert "\nPreference knowledge: Users like this one liked" in prompt
     assert preference_input(sample, "movie", sample["history"]).count("Preference knowledge") == 0
+
+
+def newcomer(user: str, target: str, label: int, support=(("Alpha", True), ("Beta", False), ("Gamma", True))) -> dict:
+    return {"index": f"{user}-{target}", "user_id": user, "item_id": target, "title": target, "label": label,
+            "cold": "user", "history": [{"item_id": t, "title": t, "liked": liked} for t, liked in support]}
+
+
+def test_support_samples_leave_one_out_and_count_what_is_cut():
+    from recbole_mmprefer.preference.meta import support_samples
+
+    samples, cut = support_samples(newcomer("a", "comedy", 1), size=2)
+    assert cut == 1 and [s["item_id"] for s in samples] == ["Alpha", "Beta"] and [s["label"] for s in samples] == [1, 0]
+    assert [[h["item_id"] for h in s["history"]] for s in samples] == [["Beta"], ["Alpha"]]
+
+
+def test_the_inner_loop_changes_only_adapter_weights_and_restores_them_per_user(tmp_path):
+    from test_preference_model import model_for, write_answer_llama
+
+    from recbole_mmprefer.preference.meta import AdaptationSettings, adapted_scores, reptile
+    from recbole_mmprefer.preference.score import score_samples
+
+    model = model_for(write_answer_llama(tmp_path / "llama"), preference_lora_dropout=0.0)
+    start = model.trainable_state_dict()
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    moved = []
+
+    def score_batch(current, rows):
+        now = current.trainable_state_dict()
+        moved.append(sum(float((now[name] - start[name]).abs().sum()) for name in start))
+        assert all(torch.equal(p, frozen[name]) for name, p in current.named_parameters() if not p.requires_grad)
+        return score_samples(current, rows, 4, bf16=False)
+
+    settings = AdaptationSettings(support=3, adaptation_steps=3, adaptation_lr=0.5, meta_steps=0, meta_lr=0.1)
+    samples = [newcomer("a", "comedy", 1), newcomer("b", "comedy", 1), newcomer("a", "horror", 0)]
+    scores, counts = adapted_scores(model, samples, settings, score_batch)
+    assert counts == {"users": 2, "support_cut": 0} and moved[0] > 0 and moved[0] == pytest.approx(moved[1])
+    assert scores[0] == pytest.approx(scores[1])  # b adapted from the same start as a, not from a's weights
+    after = model.trainable_state_dict()
+    assert all(torch.equal(after[name], start[name]) for name in start)  # restored
+    unadapted, _ = adapted_scores(model, samples, AdaptationSettings(3, 0, 0.5, 0, 0.1), score_batch)
+    assert moved[-1] == 0 and unadapted[0] != pytest.approx(scores[0])
+
+    warm = [{**newcomer("w", target, label), "cold": None, "index": n}
+            for n, (target, label) in enumerate([("comedy", 1), ("horror", 0), ("comedy", 1)])]
+    assert reptile(model, warm, settings, seed=0) == []  # meta_steps 0: nothing
+    log = reptile(model, warm, AdaptationSettings(3, 2, 0.5, meta_steps=2, meta_lr=0.5), seed=0)
+    assert len(log) == 2 and log[0]["support"] == 3
+    shifted = model.trainable_state_dict()
+    assert any(not torch.equal(shifted[name], start[name]) for name in start)
+    assert all(torch.equal(p, frozen[name]) for name, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_scoring_new_users_adapts_to_each_support_set(world, tmp_path):
+    from test_preference_model import write_answer_llama
+
+    from recbole_mmprefer.preference.score import score_preferences
+    from recbole_mmprefer.preference.train import train_preference_model
+
+    config = world_config(world, tmp_path, llm_path=str(write_answer_llama(tmp_path / "llama")), preference_shots=4,
+                          preference_epochs=1, preference_bf16=False, coldstart_adaptation_steps=1,
+                          coldstart_meta_steps=2)
+    build_cold_start(config, "users")
+    model_dir = train_preference_model(config, samples_name="cold-users")
+    assert model_dir.name == "tallrec-4shot-meta-cold-users"
+    assert json.loads((model_dir / "meta.json").read_text())["meta_steps"] == 2
+    out = score_preferences(config, model_dir, samples_name="cold-users", max_samples=5)
+    adaptation = json.loads(Path(f"{out}.meta.json").read_text())["adaptation"]
+    assert adaptation["users"] >= 1 and adaptation["coldstart_adaptation_steps"] == 1

@@ -5,7 +5,10 @@ model folder, or zero-shot from the frozen LLM (no folder); batches are formed
 from samples of similar length, left-padded. The scores are written as JSON
 lines (``index``, ``user_id``, ``item_id``, ``label``, ``p_yes``) in sample
 order with a side-car meta holding the AUC (scikit-learn's
-``roc_auc_score``; NaN when the split has one label only).
+``roc_auc_score``; NaN when the split has one label only). A tuned model
+scoring new users (cold-start samples) first adapts to each user's support
+set and is restored after (:mod:`.meta`; ``coldstart_adaptation_steps: 0``
+scores without).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from recbole_mmprefer.data.preferences import WINDOWS, read_preferences
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.pair_data import llm_identity
 from recbole_mmprefer.jsonl import write_jsonl
+from recbole_mmprefer.preference.meta import AdaptationSettings, adapted_scores
 from recbole_mmprefer.preference.model import PreferenceModel
 from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
 from recbole_mmprefer.preference.train import (
@@ -90,7 +94,11 @@ def score_preferences(config, model_dir: Optional[Path] = None, split: str = "te
         raise InputError(f"the preference samples {samples_name!r} have no {split!r} split to score")
     name = f"{Path(model_dir).name if model_dir is not None else 'zeroshot'}-{samples_name}-{split}"
     out_file = Path(out_file) if out_file is not None else ARTIFACTS["preference_scores"].file(config, name=name)
+    adaptation = AdaptationSettings.from_config(config)
+    adapting = adaptation.adaptation_steps > 0 and model_dir is not None and any(
+        sample.get("cold") == "user" for sample in samples)
     input_hash = json_sha256({"samples": sample_keys(samples), "settings": settings.to_config(),
+                              **({"adaptation": adaptation.to_config()} if adapting else {}),
                               "reasons": [stage_setting(config, key) for key in ("preference_reason_samples",
                                                                                  "preference_reason_max_tokens")],
                               "llm": llm_identity(settings.llm), "bf16": training.bf16,
@@ -100,7 +108,12 @@ def score_preferences(config, model_dir: Optional[Path] = None, split: str = "te
         logger.info("Preference scores are up to date in %s", out_file)
         return out_file
     model = load_preference_model(config, model_dir)
-    scores = score_samples(model, samples, training.score_batch_size, training.bf16)
+    adapted = None
+    if adapting:
+        scores, adapted = adapted_scores(model, samples, adaptation, lambda m, rows: score_samples(
+            m, rows, training.score_batch_size, training.bf16), training.bf16)
+    else:
+        scores = score_samples(model, samples, training.score_batch_size, training.bf16)
     records = [{"index": s["index"], "user_id": s["user_id"], "item_id": s["item_id"], "label": s["label"],
                 "p_yes": score} for s, score in zip(samples, scores)]
     reasons = explain_reasons(config, model, samples, scores, records)
@@ -108,7 +121,9 @@ def score_preferences(config, model_dir: Optional[Path] = None, split: str = "te
     result = auc([s["label"] for s in samples], scores)
     write_meta(out_file, input_hash, {"auc": result, "samples": len(samples), "split": split,
                                       "samples_name": samples_name, "model_dir": str(model_dir) if model_dir else None,
-                                      "zero_shot": model_dir is None, "reasons": reasons}, is_file=True)
+                                      "zero_shot": model_dir is None, "reasons": reasons,
+                                      "adaptation": {**adaptation.to_config(), **adapted} if adapted else None},
+               is_file=True)
     logger.info("AUC %.4f over %d %s samples; scores in %s", result, len(samples), split, out_file)
     return out_file
 

@@ -28,6 +28,7 @@ from recbole_mmprefer.data.preferences import WINDOWS, few_shot, read_preference
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.pair_data import llm_identity
 from recbole_mmprefer.explainer.train import EpochBatches
+from recbole_mmprefer.preference.meta import AdaptationSettings, reptile
 from recbole_mmprefer.preference.model import PreferenceModel
 from recbole_mmprefer.preference.settings import (
     PreferenceModelConfig,
@@ -69,11 +70,14 @@ def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: O
     train = few_shot(samples, training.shots)
     if not train:
         raise InputError("the preference samples have no train split to tune on")
-    name = model_name(settings, training.shots) + ("" if samples_name == WINDOWS else f"-{samples_name}")
+    adaptation = AdaptationSettings.from_config(config)
+    name = model_name(settings, training.shots) + ("-meta" if adaptation.meta_steps else "") + (
+        "" if samples_name == WINDOWS else f"-{samples_name}")
     out_dir = Path(out_dir) if out_dir is not None else ARTIFACTS["preference_model"].dir(config, name=name)
     input_hash = json_sha256({"train": sample_keys(train), "settings": settings.to_config(),
                               "training": training.results_keys(), "llm": llm_identity(settings.llm),
-                              "features": features_fingerprint(settings, config)})
+                              "features": features_fingerprint(settings, config),
+                              **({"meta": adaptation.to_config()} if adaptation.meta_steps else {})})
     if not force and is_fresh_at(out_dir, input_hash, ARTIFACTS["preference_model"].files):
         logger.info("The preference model is up to date in %s", out_dir)
         return out_dir
@@ -81,12 +85,14 @@ def train_preference_model(config, out_dir: Optional[Path] = None, *, samples: O
     model = build_preference_model(settings, config)
     examples = [model.examples(sample, with_answers=True) for sample in train]
     history = tune(model, examples, training, settings.seed)
+    meta_log = reptile(model, train, adaptation, settings.seed, bf16=training.bf16) if adaptation.meta_steps else []
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
     save_file(model.trainable_state_dict(), str(out_dir / ADAPTER_FILE))
     settings.save(out_dir)
     write_meta(out_dir, input_hash, {
         "system": settings.system, "shots": training.shots, "train_samples": len(train), "history": history,
+        "meta_steps": len(meta_log),
         "settings": settings.to_config(), "training": training.to_config(), "llm": llm_identity(settings.llm),
         "seconds": round(time.perf_counter() - started, 3)})
     logger.info("Wrote the preference model (%d train samples, final loss %.4f) to %s", len(train),
