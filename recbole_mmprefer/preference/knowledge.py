@@ -66,6 +66,7 @@ class KnowledgeSettings(StageSettings):
     recent_share: float
     smoothing: float
     cross_domain: Optional[str]
+    source: Optional[str]
 
     def __post_init__(self):
         self.user_attributes = check_str_list("knowledge_user_attributes", self.user_attributes or [])
@@ -296,6 +297,14 @@ def knowledge_text(sample: dict, knowledge: KnowledgeBase, kind: str = "movie") 
 
 def attach_knowledge(config, samples_name: str, samples: Sequence[dict], kind: str) -> List[dict]:
     """The samples, each with its priors in words (``knowledge``, shown by the prompt), K built from their train
-    split (:func:`build_knowledge`)."""
-    knowledge = KnowledgeBase.load(config, build_knowledge(config, samples_name, samples))
+    split (:func:`build_knowledge`), or from ``knowledge_source``'s (e.g. the training domain's windows when
+    scoring another domain's samples, which have no train split)."""
+    source = KnowledgeSettings.from_config(config).source
+    if source and source != samples_name:
+        from recbole_mmprefer.data.preferences import read_preferences
+
+        samples_name, built_from = source, read_preferences(config, source)
+    else:
+        built_from = samples
+    knowledge = KnowledgeBase.load(config, build_knowledge(config, samples_name, built_from))
     return [{**sample, "knowledge": knowledge_text(sample, knowledge, kind)} for sample in samples]
