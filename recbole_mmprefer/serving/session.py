@@ -27,10 +27,12 @@ Python::
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 
 from recbole_mmprefer.artifacts import ARTIFACTS, dataset_file
 from recbole_mmprefer.data.atomic import in_time_order, read_atomic_file
@@ -222,10 +224,13 @@ def read_histories(config) -> Dict[str, List[dict]]:
             raise InputError(f"{dataset_file(config, 'inter')}: no {field!r} column; columns are "
                              f"{list(frame.columns)}")
     frame = in_time_order(frame, time)
-    extra = [field for field in (rating, time) if field and field in frame.columns]
+    extra = {name: pd.to_numeric(frame[field], errors="coerce").tolist() for name, field in
+             (("rating", rating), ("timestamp", time)) if field and field in frame.columns}
     histories: Dict[str, List[dict]] = {}
-    for values in zip(frame[user], frame[item], *(frame[field] for field in extra)):
-        entry = {"item_id": values[1], **{name: value for name, value in zip(
-            ["rating" if field == rating else "timestamp" for field in extra], values[2:]) if value != ""}}
-        histories.setdefault(values[0], []).append(entry)
+    for row, (token, item_token) in enumerate(zip(frame[user], frame[item])):
+        entry = {"item_id": item_token}
+        for name, values in extra.items():
+            if not math.isnan(values[row]):
+                entry[name] = int(values[row]) if name == "timestamp" else float(values[row])
+        histories.setdefault(token, []).append(entry)
     return histories
