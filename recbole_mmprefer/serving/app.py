@@ -61,7 +61,8 @@ def create_app(config, make_session: Optional[Callable[[], RecommendSession]] = 
     except (MissingInputError, InputError) as error:  # the server still starts: every answer says what to run
         state["error"] = f"{error} (or run every stage: mmprefer run --dataset {config['dataset']})"
         logger.error("The run is not ready: %s", state["error"])
-    explanations = ExplanationQueue(make_explainer or (lambda: PairExplainer(config)))
+    explanations = ExplanationQueue(make_explainer or (lambda: PairExplainer(
+        config, node_text=state["session"].node_text if state["session"] is not None else None)))
 
     def session() -> RecommendSession:
         if state["session"] is None:
