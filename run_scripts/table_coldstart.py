@@ -43,7 +43,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table_preference import paired_bootstrap  # noqa: E402  (the same bootstrap as Table 1's)
+from table_preference import kept_notes, paired_bootstrap  # noqa: E402  (the same machinery as Table 1's)
 
 SCENARIOS = {"new_users": "cold-users", "new_items": "cold-items", "cross_domain": "windows"}
 LLM_SYSTEMS = {
@@ -225,7 +225,7 @@ def write_report(args, command: str, ledger: dict) -> None:
               "items; above TALLRec across domains.", "", f"Every figure: {ledger_path(args).name}", "",
               f"Command (last run): `{command.strip()}`", ""]
     out = Path(args.out or HERE.parent / "results" / f"coldstart_{args.dataset}.md")
-    out.write_text("\n".join(lines), encoding="utf-8")
+    out.write_text("\n".join(lines) + kept_notes(out), encoding="utf-8")
     print("\n".join(lines))
 
 

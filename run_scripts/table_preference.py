@@ -41,6 +41,7 @@ LLM_SYSTEMS = {
     "no_multitask": ("ExplainRec w/o multi-task", {"preference_system": "explainrec", "explainrec_multitask": False}),
 }
 CONVENTIONAL = ("SASRec", "GRU4Rec")
+ZERO_SHOT = {"zero_shot": "tallrec", "zero_shot_explainrec": "explainrec"}  # the frozen LLM, with each prompt
 
 
 def parse_arguments() -> Tuple[argparse.Namespace, str]:
@@ -49,7 +50,7 @@ def parse_arguments() -> Tuple[argparse.Namespace, str]:
     parser.add_argument("--shots", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--systems", nargs="+", default=["zero_shot", *LLM_SYSTEMS, *CONVENTIONAL],
-                        choices=["zero_shot", *LLM_SYSTEMS, *CONVENTIONAL])
+                        choices=[*ZERO_SHOT, *LLM_SYSTEMS, *CONVENTIONAL])
     parser.add_argument("--test_samples", type=int, default=1000)
     parser.add_argument("--conventional_epochs", type=int, default=50)
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -74,9 +75,9 @@ def llm_scores(args, config, system: str, shots: int, seed: int) -> Tuple[List[i
     from recbole_mmprefer.preference.train import train_preference_model
 
     base = Path(run_dir(config)) / "preference_table"
-    if system == "zero_shot":
-        stage = config_for(args.dataset, preference_system="tallrec")
-        out = score_preferences(stage, None, "test", base / "scores" / "zero_shot.jsonl",
+    if system in ZERO_SHOT:
+        stage = config_for(args.dataset, preference_system=ZERO_SHOT[system])
+        out = score_preferences(stage, None, "test", base / "scores" / f"{system}.jsonl",
                                 max_samples=args.test_samples)
     else:
         stage = config_for(args.dataset, preference_shots=shots, preference_shot_seed=seed,
@@ -123,6 +124,15 @@ def paired_bootstrap(labels, first, second, resamples: int, seed: int) -> Dict[s
     differences = np.asarray(differences)
     return {"difference": float(differences.mean()), "low": float(np.percentile(differences, 2.5)),
             "high": float(np.percentile(differences, 97.5)), "p_not_better": float((differences <= 0).mean())}
+
+
+NOTES = "\n## Where this stands"
+
+
+def kept_notes(out: Path) -> str:
+    """The hand-written notes of an earlier report (from its "## Where this stands" heading on), to keep."""
+    text = out.read_text(encoding="utf-8") if out.is_file() else ""
+    return text[text.index(NOTES):] if NOTES in text else ""
 
 
 def ledger_path(args) -> Path:
@@ -180,7 +190,8 @@ def main() -> None:
 
 
 def label_of(system: str) -> str:
-    return {"zero_shot": "zero-shot (frozen LLM)"}.get(system, LLM_SYSTEMS.get(system, (system,))[0])
+    return {"zero_shot": "zero-shot (frozen LLM)", "zero_shot_explainrec": "zero-shot, ExplainRec's prompt"}.get(
+        system, LLM_SYSTEMS.get(system, (system,))[0])
 
 
 def write_report(args, command: str, ledger: dict) -> None:
@@ -226,7 +237,8 @@ def write_report(args, command: str, ledger: dict) -> None:
     figure.savefig(out.with_suffix(".png"), dpi=100)
     lines += ["", f"Figure: {out.with_suffix('.png').name}; every figure: {ledger_path(args).name}", "",
               f"Command (last run): `{command}`", ""]
-    out.write_text("\n".join(lines), encoding="utf-8")
+    notes = kept_notes(out)
+    out.write_text("\n".join(lines) + notes, encoding="utf-8")
     print("\n".join(lines))
 
 

@@ -246,3 +246,17 @@ def test_reviews_become_reasons_and_generated_reasons_are_scored(tmp_path, tiny_
     reasons = json.loads(Path(f"{out_file}.meta.json").read_text())["reasons"]
     assert reasons["generated"] == 2 and reasons["with_reference"] == 2
     assert 0 <= reasons["bleu_4"] <= 100 and -1 <= reasons["bertscore_f1"] <= 1
+
+
+def test_zero_shot_scores_with_explainrecs_prompt_and_no_soft_tokens(tmp_path):
+    from recbole_mmprefer.preference.score import load_preference_model
+
+    config = {"llm_path": str(write_answer_llama(tmp_path / "llama")), "preference_system": "explainrec"}
+    model = load_preference_model(config, None)
+    assert isinstance(model, ExplainRecModel) and not model.lora and model.fusion is None
+    assert not any(p.requires_grad for p in model.llm.parameters())
+    example = model.examples(SAMPLE, with_answers=False)[0]
+    prompt = model.tokenizer.decode(example.input_ids)
+    assert SOFT_MARKER not in prompt and example.soft_positions == []
+    tallrec = load_preference_model({**config, "preference_system": "tallrec"}, None)
+    assert type(tallrec).__name__ == "PreferenceModel"

@@ -54,9 +54,10 @@ def auc(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 
 def load_preference_model(config, model_dir: Optional[Path]) -> PreferenceModel:
-    """The tuned model of ``model_dir`` (its saved settings), or TALLRec's frozen LLM of ``config`` (None)."""
+    """The tuned model of ``model_dir`` (its saved settings), or the frozen LLM of ``config`` (None) with the
+    configured system's prompt (TALLRec's, or ExplainRec's)."""
     if model_dir is None:
-        return PreferenceModel.build(PreferenceModelConfig.from_config(config).zero_shot()).eval()
+        return build_preference_model(PreferenceModelConfig.from_config(config).zero_shot(), config).eval()
     model_dir = Path(model_dir)
     if read_meta_at(model_dir) is None or not (model_dir / ADAPTER_FILE).is_file():
         raise ARTIFACTS["preference_model"].missing(model_dir, str(config["dataset"]))

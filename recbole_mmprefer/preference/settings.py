@@ -171,9 +171,12 @@ class PreferenceModelConfig:
         return cls.from_config({**keys, "llm_cache_dir": stage_setting(config, "llm_cache_dir")})
 
     def zero_shot(self) -> "PreferenceModelConfig":
+        """The frozen LLM with this system's prompt (ExplainRec's without its soft tokens: an untrained fusion
+        would only add noise)."""
         from dataclasses import replace
 
-        return replace(self, lora=replace(self.lora, enabled=False))
+        explainrec = replace(self.explainrec, multimodal=False) if self.explainrec is not None else None
+        return replace(self, lora=replace(self.lora, enabled=False), explainrec=explainrec)
 
 
 def shots_name(shots: Optional[int]) -> str:
