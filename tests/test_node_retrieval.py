@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_collect_paths import config_for, write_data_set
@@ -115,3 +118,29 @@ def test_an_intro_without_its_placeholders_is_refused():
     with pytest.raises(InputError, match="must hold {users} and {items}"):
         settings(related_intro="Related: {users}")
     assert settings(related_intro="Related: {users}", related_nodes=0).related_nodes == 0
+
+
+def test_table1_grefer_row_collects_pagelink_paths_with_related_nodes_in_a_run_of_its_own(tmp_path, monkeypatch):
+    import argparse
+    import sys
+
+    from test_import_xrec import write_random_xrec_folder
+
+    from recbole_mmprefer.cli import main as mmprefer
+
+    source = write_random_xrec_folder(tmp_path / "src")
+    assert mmprefer(["import", "xrec", str(source), "--name", "toy", "--out", str(tmp_path / "data")]) == 0
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "run_scripts"))
+    monkeypatch.setattr(sys, "argv", ["table1.py", "--pagelink_predictor_epochs=5", f"--run_dir={tmp_path / 'main'}"])
+    import table1
+
+    args = argparse.Namespace(dataset="toy", data_path=str(tmp_path / "data"), train_pairs=None, valid_pairs=5,
+                              epochs=1, metrics=["bleu"])
+    config = table1.own_run_config(args, "grefer", tmp_path / "main" / "table1", table1.OWN_RUNS["grefer"])
+    run = tmp_path / "main" / "table1" / "grefer" / "run"
+    assert str(config["run_dir"]) == str(run) and config["explainer_graph_level"] is False
+    records = read_paths(run / "paths")
+    assert records and all("related" in record for record in records)
+    assert json.loads((run / "paths" / "meta.json").read_text())["retriever"] == "pagelink"
+    assert (run / "link_predictor" / "model.safetensors").is_file()
+    assert (run / "profile_embeddings" / "users.npy").is_file()
