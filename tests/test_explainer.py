@@ -435,3 +435,25 @@ def test_an_adapter_is_refused_with_another_llm_or_other_node_vectors(llama, tmp
     with pytest.raises(InputError, match="graph soft prompt was trained on the graph and MMPSASRec vectors of 'toy'"):
         generate_explanations(cfg, model_dir, "test", tmp_path / "b.jsonl", **inputs(builder=other_vectors))
     assert len(read_lines(generate_explanations(cfg, model_dir, "test", tmp_path / "c.jsonl", **inputs()))) == 4
+
+
+def test_copy_bias_steers_generation_into_the_prompts_own_tokens(llama):
+    from recbole_mmprefer.explainer.model import PromptCopyBias
+
+    cfg = config(llama)
+    model = ExplainerModel.from_config(cfg, DIM).eval()
+    data = PairData(inputs()["records"][:3], node_text(), model.tokenizer,
+                    PromptSettings.from_config(cfg), inputs()["builder"])
+    batch, graphs = data.batch([0, 1, 2], model.tokenizer.pad_token_id, True, True)
+    plain = model.generate(batch, graphs, max_new_tokens=8, min_new_tokens=8)
+    assert model.generate(batch, graphs, max_new_tokens=8, min_new_tokens=8, copy_bias=0.0) == plain
+    copied = model.generate(batch, graphs, max_new_tokens=8, min_new_tokens=8, copy_bias=1000.0)
+    special = set(model.tokenizer.all_special_ids)
+    for row, tokens in enumerate(copied):
+        own = {int(t) for t, m in zip(batch["input_ids"][row], batch["attention_mask"][row]) if m} - special
+        assert tokens and set(tokens) <= own, (tokens, own)
+    assert copied != plain
+    bias = PromptCopyBias(torch.tensor([[0, 5, 6], [7, 7, 2]]), torch.tensor([[0, 1, 1], [1, 1, 1]]), 2.0, [2], 2)
+    scores = bias(torch.zeros(4, 10), torch.zeros(4, 10))
+    assert scores[0].nonzero().flatten().tolist() == [5, 6] == scores[1].nonzero().flatten().tolist()
+    assert scores[2].nonzero().flatten().tolist() == [7] and float(scores[2, 7]) == 2.0

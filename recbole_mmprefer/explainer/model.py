@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.graph_encoder import GraphSoftPrompt, place_soft_prompts
@@ -50,6 +51,29 @@ def add_lora(llm, settings: LoraSettings):
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.targets), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(llm, config)
+
+
+class PromptCopyBias(LogitsProcessor):
+    """Adds ``bias`` to the logits of the tokens each row's prompt holds (grounded decoding): the explanation is
+    steered toward the words of its own inputs. Special tokens (the soft prompt's placeholders are pad ids) get
+    none; ``num_beams`` rows of the expanded batch belong to each prompt."""
+
+    def __init__(self, input_ids: Tensor, attention_mask: Tensor, bias: float, special_ids: Sequence[int],
+                 num_beams: int = 1):
+        vocabulary = int(input_ids.max()) + 1
+        mask = torch.zeros(len(input_ids), vocabulary, dtype=torch.bool)
+        rows = torch.arange(len(input_ids)).unsqueeze(1).expand_as(input_ids)
+        real = attention_mask.bool()
+        mask[rows[real], input_ids[real]] = True
+        special = [int(token) for token in special_ids if int(token) < vocabulary]
+        mask[:, special] = False
+        self.mask = mask.repeat_interleave(num_beams, dim=0)
+        self.bias = bias
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        width = self.mask.shape[1]
+        scores[:, :width] = scores[:, :width] + self.bias * self.mask.to(scores.device, scores.dtype)
+        return scores
 
 
 class ExplainerModel(nn.Module):
@@ -165,11 +189,12 @@ class ExplainerModel(nn.Module):
     def generate(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None,
                  max_new_tokens: int = 96, decoding: str = "greedy", num_beams: int = 4, temperature: float = 0.7,
                  top_p: float = 0.9, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                 no_repeat_ngram_size: int = 0, streamer=None) -> List[List[int]]:
+                 no_repeat_ngram_size: int = 0, copy_bias: float = 0.0, streamer=None) -> List[List[int]]:
         """New token ids per row of a left-padded batch (EOS and what follows dropped); EOS is barred from the
         first ``min_new_tokens`` steps. The repetition settings see only the new tokens (the prompt goes in as
         embeddings), so they stop the explanation repeating itself, not it quoting the prompt. ``streamer``
-        (a transformers streamer, one-row batches) receives the tokens as they come."""
+        (a transformers streamer, one-row batches) receives the tokens as they come. ``copy_bias`` > 0 adds that
+        much to the logits of each row's own prompt tokens (special and soft-prompt placeholders excepted)."""
         if decoding not in DECODINGS:
             raise InputError(f"explainer_decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
         embeds = self.embed(batch["input_ids"], batch["soft_positions"], graphs)
@@ -178,6 +203,10 @@ class ExplainerModel(nn.Module):
                    "repetition_penalty": float(repetition_penalty), "no_repeat_ngram_size": int(no_repeat_ngram_size)}
         if decoding == "sample":
             options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
+        if copy_bias > 0:
+            options["logits_processor"] = LogitsProcessorList([PromptCopyBias(
+                batch["input_ids"], batch["attention_mask"], float(copy_bias), self.tokenizer.all_special_ids,
+                num_beams if decoding == "beam" else 1)])
         eos = self.tokenizer.eos_token_id
         # LoRA layers are injected in place: the peft wrapper's base model generates with them
         llm = self.llm.get_base_model() if self.lora is not None else self.llm

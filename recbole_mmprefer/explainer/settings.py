@@ -274,6 +274,7 @@ class DecodingSettings(StageSettings):
     min_new_tokens: int
     repetition_penalty: float
     no_repeat_ngram_size: int
+    copy_bias: float
     generation_batch_size: int
     bf16: bool
 
@@ -287,6 +288,7 @@ class DecodingSettings(StageSettings):
         self.repetition_penalty = check_float("explainer_repetition_penalty", self.repetition_penalty, 0.0,
                                               above_minimum=True)
         self.no_repeat_ngram_size = check_int("explainer_no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        self.copy_bias = check_float("explainer_copy_bias", self.copy_bias, 0.0)
         self.generation_batch_size = check_int("explainer_generation_batch_size", self.generation_batch_size, 1)
         self.bf16 = check_bf16(self.bf16)
 
@@ -294,7 +296,8 @@ class DecodingSettings(StageSettings):
         """The keyword arguments of :meth:`ExplainerModel.generate`."""
         return {"max_new_tokens": self.max_new_tokens, "decoding": self.decoding, "num_beams": self.num_beams,
                 "temperature": self.temperature, "top_p": self.top_p, "min_new_tokens": self.min_new_tokens,
-                "repetition_penalty": self.repetition_penalty, "no_repeat_ngram_size": self.no_repeat_ngram_size}
+                "repetition_penalty": self.repetition_penalty, "no_repeat_ngram_size": self.no_repeat_ngram_size,
+                "copy_bias": self.copy_bias}
 
 
 def generation_split(config) -> str:
