@@ -439,6 +439,7 @@ def test_an_adapter_is_refused_with_another_llm_or_other_node_vectors(llama, tmp
 
 def test_copy_bias_steers_generation_into_the_prompts_own_tokens(llama):
     from recbole_mmprefer.explainer.model import PromptCopyBias
+    from recbole_mmprefer.explainer.tokens import template_token_ids
 
     cfg = config(llama)
     model = ExplainerModel.from_config(cfg, DIM).eval()
@@ -453,6 +454,13 @@ def test_copy_bias_steers_generation_into_the_prompts_own_tokens(llama):
         own = {int(t) for t, m in zip(batch["input_ids"][row], batch["attention_mask"][row]) if m} - special
         assert tokens and set(tokens) <= own, (tokens, own)
     assert copied != plain
+    skeleton = set(template_token_ids(PromptSettings.from_config(cfg), model.tokenizer))
+    assert {model.tokenizer.convert_tokens_to_ids(word) for word in ("would", "enjoy", "story")} <= skeleton
+    grounded = model.generate(batch, graphs, max_new_tokens=8, min_new_tokens=8, copy_bias=1000.0,
+                              copy_exclude=sorted(skeleton))
+    for row, tokens in enumerate(grounded):  # the pair's own words only, never the instruction's
+        own = {int(t) for t, m in zip(batch["input_ids"][row], batch["attention_mask"][row]) if m}
+        assert tokens and set(tokens) <= own - special - skeleton, (tokens, own - skeleton)
     bias = PromptCopyBias(torch.tensor([[0, 5, 6], [7, 7, 2]]), torch.tensor([[0, 1, 1], [1, 1, 1]]), 2.0, [2], 2)
     scores = bias(torch.zeros(4, 10), torch.zeros(4, 10))
     assert scores[0].nonzero().flatten().tolist() == [5, 6] == scores[1].nonzero().flatten().tolist()

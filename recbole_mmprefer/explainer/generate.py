@@ -67,6 +67,7 @@ from recbole_mmprefer.explainer.pair_data import (
     select_rows,
 )
 from recbole_mmprefer.explainer.settings import DecodingSettings, ExplainerConfig, LlmSettings, generation_split
+from recbole_mmprefer.explainer.tokens import template_token_ids
 from recbole_mmprefer.jsonl import ResumableShards, barrier, distributed, dump_line
 from recbole_mmprefer.llm import BUNDLED_LLM_NAME
 from recbole_mmprefer.resources import stage_setting
@@ -232,19 +233,29 @@ def _generate_shard(model: ExplainerModel, plan: GenerationPlan, indices: List[i
     data = PairData(records, plan.node_text, tokenizer, plan.settings.prompt, plan.builder)
     size = plan.decoding.generation_batch_size
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=plan.decoding.bf16)
+    options = decoding_options(plan.decoding, plan.settings.prompt, tokenizer)
     with shards.appending() as handle, tqdm(total=len(todo), desc=f"explain (rank {rank})", unit="pair") as progress:
         for start in range(0, len(todo), size):
             chunk = list(range(start, min(start + size, len(todo))))
             batch, graphs = data.batch(chunk, int(tokenizer.pad_token_id), True, model.soft_tokens > 0)
             torch.manual_seed(seed * 1_000_003 + todo[chunk[0]])
             with autocast:
-                new_tokens = model.generate(batch, graphs, **plan.decoding.generate_options())
+                new_tokens = model.generate(batch, graphs, **options)
             for n, tokens in zip(chunk, new_tokens):
                 handle.write(dump_line(_generation_line(records[n], tokenizer.decode(tokens, skip_special_tokens=True),
                                                         data.examples[n].truncation["paths_dropped"],
                                                         plan.settings.prompt.paths)))
             handle.flush()
             progress.update(len(chunk))
+
+
+def decoding_options(decoding: DecodingSettings, prompt, tokenizer) -> Dict[str, object]:
+    """The keyword arguments of :meth:`ExplainerModel.generate`: the decoding settings, and under grounded
+    decoding the prompt template's own words to leave unbiased."""
+    options = decoding.generate_options()
+    if options["copy_bias"] > 0:
+        options["copy_exclude"] = template_token_ids(prompt, tokenizer)
+    return options
 
 
 def _generation_line(record: dict, text: str, paths_dropped: int, paths_shown: int) -> Dict[str, object]:

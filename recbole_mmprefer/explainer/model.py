@@ -189,12 +189,14 @@ class ExplainerModel(nn.Module):
     def generate(self, batch: Dict[str, Tensor], graphs: Optional[Sequence[Sequence]] = None,
                  max_new_tokens: int = 96, decoding: str = "greedy", num_beams: int = 4, temperature: float = 0.7,
                  top_p: float = 0.9, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                 no_repeat_ngram_size: int = 0, copy_bias: float = 0.0, streamer=None) -> List[List[int]]:
+                 no_repeat_ngram_size: int = 0, copy_bias: float = 0.0, copy_exclude: Sequence[int] = (),
+                 streamer=None) -> List[List[int]]:
         """New token ids per row of a left-padded batch (EOS and what follows dropped); EOS is barred from the
         first ``min_new_tokens`` steps. The repetition settings see only the new tokens (the prompt goes in as
         embeddings), so they stop the explanation repeating itself, not it quoting the prompt. ``streamer``
         (a transformers streamer, one-row batches) receives the tokens as they come. ``copy_bias`` > 0 adds that
-        much to the logits of each row's own prompt tokens (special and soft-prompt placeholders excepted)."""
+        much to the logits of each row's own prompt tokens, except special ones and ``copy_exclude`` (the
+        instruction's own words: :func:`~recbole_mmprefer.explainer.tokens.template_token_ids`)."""
         if decoding not in DECODINGS:
             raise InputError(f"explainer_decoding must be one of {', '.join(DECODINGS)}; got {decoding!r}")
         embeds = self.embed(batch["input_ids"], batch["soft_positions"], graphs)
@@ -205,8 +207,8 @@ class ExplainerModel(nn.Module):
             options.update(temperature=float(temperature), top_p=float(top_p), top_k=0)
         if copy_bias > 0:
             options["logits_processor"] = LogitsProcessorList([PromptCopyBias(
-                batch["input_ids"], batch["attention_mask"], float(copy_bias), self.tokenizer.all_special_ids,
-                num_beams if decoding == "beam" else 1)])
+                batch["input_ids"], batch["attention_mask"], float(copy_bias),
+                [*self.tokenizer.all_special_ids, *copy_exclude], num_beams if decoding == "beam" else 1)])
         eos = self.tokenizer.eos_token_id
         # LoRA layers are injected in place: the peft wrapper's base model generates with them
         llm = self.llm.get_base_model() if self.lora is not None else self.llm

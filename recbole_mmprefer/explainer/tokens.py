@@ -64,6 +64,14 @@ def encode_prompt(text: str, tokenizer, soft_tokens: int) -> Tuple[List[int], Li
     return ids, positions
 
 
+def template_token_ids(settings, tokenizer) -> List[int]:
+    """The ids of the prompt's fixed words (the instruction and the paths intro, chat-wrapped as prompts are, with
+    every field empty): what grounded decoding (``explainer_copy_bias``) leaves unbiased."""
+    skeleton = settings.instruction.format(title="", item_profile="", user_profile="", paths=settings.paths_intro,
+                                           graph="")
+    return sorted(set(encode_prompt(skeleton, tokenizer, 0)[0]))
+
+
 def _ids(tokenizer, text: str) -> List[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 

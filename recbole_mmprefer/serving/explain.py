@@ -75,12 +75,13 @@ class PairExplainer:
     def explain(self, record: dict, on_text: Optional[Callable[[str], None]] = None) -> str:
         """The explanation of one paths record (``user_id``, ``item_id``, ``paths``); ``on_text`` receives its
         pieces as they are decoded (all at once under beam search, which cannot stream)."""
+        from recbole_mmprefer.explainer.generate import decoding_options
         from recbole_mmprefer.explainer.pair_data import PairData
 
         tokenizer = self.model.tokenizer
         data = PairData([record], self.node_text, tokenizer, self.settings.prompt, self.builder)
         batch, graphs = data.batch([0], int(tokenizer.pad_token_id), True, self.model.soft_tokens > 0)
-        options = self.decoding.generate_options()
+        options = decoding_options(self.decoding, self.settings.prompt, tokenizer)
         streamer = PieceStreamer(tokenizer, on_text) if on_text is not None and options["decoding"] != "beam" else None
         torch.manual_seed(self.seed)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.decoding.bf16)
