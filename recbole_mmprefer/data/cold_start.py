@@ -17,9 +17,10 @@ user's previous ``preference_history_length`` interactions without any
 held-out item; every other window that mentions a held-out item (as target or
 in its history) is dropped, so train and valid never show one.
 
-Train and valid are the last ``preference_windows`` warm windows, split in
-``preference_split_ratios`` train : valid proportion, few-shot ranks as for the
-windows; test is at most ``coldstart_test_samples`` cold samples (a seeded
+Train and valid are TALLRec's last ``preference_windows`` windows of the warm
+users (new users), or of everyone less those that mention a held-out item (new
+items), cut in order in the ``preference_split_ratios`` train : valid
+proportion, with few-shot ranks as for the windows; test is at most ``coldstart_test_samples`` cold samples (a seeded
 choice, then in data order). Each sample carries ``"cold": "user"`` or
 ``"item"`` (null for train and valid) and ``support_size``. ``report.json``
 lists the held-out users or items (``held_out``) and the dropped windows.
