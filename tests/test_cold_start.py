@@ -289,3 +289,40 @@ def test_scoring_new_users_adapts_to_each_support_set(world, tmp_path):
     out = score_preferences(config, model_dir, samples_name="cold-users", max_samples=5)
     adaptation = json.loads(Path(f"{out}.meta.json").read_text())["adaptation"]
     assert adaptation["users"] >= 1 and adaptation["coldstart_adaptation_steps"] == 1
+
+
+class TitleEncoder:
+    """Unit vectors by title: the two Jurassic Parks nearly coincide, everything else is orthogonal."""
+
+    def encode(self, texts):
+        rows = []
+        for n, text in enumerate(texts):
+            vector = np.zeros(64)
+            vector[0 if "jurassic" in text.lower() else 1 + (sum(map(ord, text)) % 60)] = 1.0
+            if "(1993)" in text:
+                vector[63] = 0.3
+            rows.append(vector / np.linalg.norm(vector))
+        return np.stack(rows)
+
+
+def test_the_cross_domain_part_tells_a_target_the_like_rate_of_its_closest_other_domain_item(tmp_path):
+    from recbole_mmprefer.jsonl import write_jsonl
+    from recbole_mmprefer.preference.knowledge import cross_domain_matches
+
+    books = tmp_path / "books.jsonl"
+    write_jsonl(books, [{"index": 0, "split": "test", "title": "Jurassic Park written by Michael Crichton", "label": 1,
+                         "groups": [], "history": [{"title": "Emma written by Jane Austen", "liked": False},
+                                                   {"title": "Jurassic Park written by Michael Crichton",
+                                                    "liked": True}]}])
+    config = {**hand_config(tmp_path, "u1\t25\tF\n"), "knowledge_cross_domain": str(books)}
+    knowledge = KnowledgeBase.load(config, build_knowledge(config, "hand", hand_samples()))
+    items = knowledge.cross_domain["items"]
+    assert items["Jurassic Park written by Michael Crichton"] == {"interactions": 2, "liked": 2}
+    matches = cross_domain_matches(["Jurassic Park (1993)", "Heat (1995)"], knowledge, TitleEncoder(), 0.85)
+    assert list(matches) == ["Jurassic Park (1993)"] and matches["Jurassic Park (1993)"][0].startswith("Jurassic")
+    text = knowledge_text({"user_id": "u1", "item_id": "z", "title": "Jurassic Park (1993)", "groups": []},
+                          knowledge, matches=matches)
+    # (2 + 2 * 0.6) / (2 + 2), smoothed toward the other domain's overall rate (2 + 2 * 0.5) / (3 + 2) = 0.6
+    assert 'In the other domain, "Jurassic Park written by Michael Crichton" (a close title) was liked by 80% of ' \
+           "its 2 raters." in text
+    assert cross_domain_matches(["Heat (1995)"], knowledge, TitleEncoder(), 0.85) == {}

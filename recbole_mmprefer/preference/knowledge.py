@@ -19,10 +19,14 @@ parts, each a JSON file of the ``preference_knowledge`` artifact
     many fall in the latest ``knowledge_recent_share`` of the train period
     (``recent``; the trend). Without timestamps ``recent_from`` is null.
 ``cross_domain.json``
-    ``{"source": path or null, "overall": C, "groups": {g: C}}``: like counts by
-    group in another domain's preference samples (``knowledge_cross_domain``:
-    a ``samples.jsonl``, e.g. TALLRec's books imported with ``mmprefer
-    preferences --tallrec_json``); empty without one.
+    ``{"source": path or null, "overall": C, "groups": {g: C}, "items": {title: C}}``:
+    like counts by group and by item title in another domain's preference
+    samples (``knowledge_cross_domain``: a ``samples.jsonl``, e.g. TALLRec's
+    books imported with ``mmprefer preferences --tallrec_json``); empty without
+    one. A target whose title is close to one of them (cosine of the text
+    encoder's embeddings at least ``knowledge_cross_domain_match``: a book and
+    its film) is told that item's like rate: item-level correlation carried
+    across domains.
 
 A rate is always smoothed toward its parent: ``(liked + m p) / (n + m)`` with
 ``m = knowledge_smoothing`` and ``p`` the overall rate (a group's), so a value
@@ -66,6 +70,7 @@ class KnowledgeSettings(StageSettings):
     recent_share: float
     smoothing: float
     cross_domain: Optional[str]
+    cross_domain_match: float
     source: Optional[str]
 
     def __post_init__(self):
@@ -75,6 +80,7 @@ class KnowledgeSettings(StageSettings):
         if not 0.0 < self.recent_share < 1.0:
             raise InputError(f"knowledge_recent_share must lie strictly between 0 and 1, got {self.recent_share}")
         self.smoothing = check_float("knowledge_smoothing", self.smoothing, 0.0)
+        self.cross_domain_match = check_float("knowledge_cross_domain_match", self.cross_domain_match, 0.0, 1.0)
 
 
 # -- counting ----------------------------------------------------------------------------------------------
@@ -177,16 +183,33 @@ def temporal_part(rows, settings: KnowledgeSettings) -> dict:
 
 
 def cross_domain_part(source: Optional[str]) -> dict:
-    part = {"source": source, "overall": empty(), "groups": {}}
+    part = {"source": source, "overall": empty(), "groups": {}, "items": {}}
     if not source:
         return part
     for sample in read_records(Path(source)):
-        for liked, groups in [(sample["label"], sample.get("groups") or [])] + [
-                (entry["liked"], entry.get("groups") or []) for entry in sample["history"]]:
+        for liked, groups, title in [(sample["label"], sample.get("groups") or [], sample.get("title"))] + [
+                (entry["liked"], entry.get("groups") or [], entry.get("title")) for entry in sample["history"]]:
             count(part["overall"], liked)
             for group in groups:
                 count(part["groups"].setdefault(group, empty()), liked)
+            if title:
+                count(part["items"].setdefault(" ".join(str(title).split()), empty()), liked)
     return part
+
+
+def cross_domain_matches(targets: Sequence[str], knowledge: "KnowledgeBase", encoder,
+                         min_similarity: float) -> Dict[str, Tuple[str, float]]:
+    """For each target title, the other domain's closest title by ``encoder`` (unit rows) when its cosine is at
+    least ``min_similarity``: item-level correlation carried across domains, e.g. a book and its film."""
+    others = sorted(knowledge.cross_domain.get("items") or {})
+    targets = sorted({" ".join(str(t).split()) for t in targets if t})
+    if not others or not targets or min_similarity <= 0:
+        return {}
+    other_rows, target_rows = encoder.encode(others), encoder.encode(targets)
+    similarity = target_rows @ other_rows.T
+    best = similarity.argmax(axis=1)
+    return {title: (others[b], float(similarity[n, b])) for n, (title, b) in enumerate(zip(targets, best))
+            if similarity[n, b] >= min_similarity}
 
 
 def build_knowledge(config, samples_name: str, samples: Sequence[dict], force: bool = False) -> Path:
@@ -268,8 +291,10 @@ class KnowledgeBase:
         return rate(counts, self.group_rate(groups), self.smoothing), counts
 
 
-def knowledge_text(sample: dict, knowledge: KnowledgeBase, kind: str = "movie") -> str:
-    """A sample's priors in words, e.g. for the prompt of a user or item without history."""
+def knowledge_text(sample: dict, knowledge: KnowledgeBase, kind: str = "movie",
+                   matches: Optional[Dict[str, Tuple[str, float]]] = None) -> str:
+    """A sample's priors in words, e.g. for the prompt of a user or item without history; ``matches``
+    (:func:`cross_domain_matches`) adds the other domain's closest item."""
     groups = list(sample.get("groups") or [])
     genre = ", ".join(groups) if groups else f"{kind}s"
     prior, rates, unknown = knowledge.demographic_prior(sample.get("user_id"), groups)
@@ -292,6 +317,13 @@ def knowledge_text(sample: dict, knowledge: KnowledgeBase, kind: str = "movie") 
         other = float(np.mean([rate(cross["groups"].get(g), rate(cross["overall"], 0.5, knowledge.smoothing),
                                     knowledge.smoothing) for g in groups]))
         parts.append(f"In the other domain, {genre} items were liked {other:.0%} of the time.")
+    match = (matches or {}).get(" ".join(str(sample.get("title") or "").split()))
+    if match is not None:
+        title, similarity = match
+        counts = cross["items"][title]
+        parts.append(f'In the other domain, "{title}" (a close title) was liked by '
+                     f"{rate(counts, rate(cross['overall'], 0.5, knowledge.smoothing), knowledge.smoothing):.0%} "
+                     f"of its {counts['interactions']} raters.")
     return " ".join(parts)
 
 
@@ -307,4 +339,11 @@ def attach_knowledge(config, samples_name: str, samples: Sequence[dict], kind: s
     else:
         built_from = samples
     knowledge = KnowledgeBase.load(config, build_knowledge(config, samples_name, built_from))
-    return [{**sample, "knowledge": knowledge_text(sample, knowledge, kind)} for sample in samples]
+    settings, matches = KnowledgeSettings.from_config(config), {}
+    if knowledge.cross_domain.get("items") and settings.cross_domain_match > 0:
+        from recbole_mmprefer.data.features import TextEncoder
+
+        encoder = TextEncoder(stage_setting(config, "text_encoder"))
+        matches = cross_domain_matches([s.get("title") for s in samples], knowledge, encoder,
+                                       settings.cross_domain_match)
+    return [{**sample, "knowledge": knowledge_text(sample, knowledge, kind, matches)} for sample in samples]
