@@ -438,8 +438,10 @@ def test_an_adapter_is_refused_with_another_llm_or_other_node_vectors(llama, tmp
 
 
 def test_copy_bias_steers_generation_into_the_prompts_own_tokens(llama):
+    from recbole_mmprefer.explainer.generate import decoding_options
     from recbole_mmprefer.explainer.model import PromptCopyBias
-    from recbole_mmprefer.explainer.tokens import template_token_ids
+    from recbole_mmprefer.explainer.settings import DecodingSettings
+    from recbole_mmprefer.explainer.tokens import template_token_ids, wordless_token_ids
 
     cfg = config(llama)
     model = ExplainerModel.from_config(cfg, DIM).eval()
@@ -461,6 +463,14 @@ def test_copy_bias_steers_generation_into_the_prompts_own_tokens(llama):
     for row, tokens in enumerate(grounded):  # the pair's own words only, never the instruction's
         own = {int(t) for t, m in zip(batch["input_ids"][row], batch["attention_mask"][row]) if m}
         assert tokens and set(tokens) <= own - special - skeleton, (tokens, own - skeleton)
+    wordless = set(wordless_token_ids(model.tokenizer))
+    assert {model.tokenizer.convert_tokens_to_ids(p) for p in (".", ",", ":")} <= wordless
+    assert model.tokenizer.convert_tokens_to_ids("movie") not in wordless
+    options = decoding_options(DecodingSettings.from_config({**cfg, "explainer_copy_bias": 2.0}),
+                               PromptSettings.from_config(cfg), model.tokenizer)
+    assert set(options["copy_exclude"]) == skeleton | wordless and options["copy_bias"] == 2.0
+    assert "copy_exclude" not in decoding_options(DecodingSettings.from_config(cfg), PromptSettings.from_config(cfg),
+                                                  model.tokenizer)
     bias = PromptCopyBias(torch.tensor([[0, 5, 6], [7, 7, 2]]), torch.tensor([[0, 1, 1], [1, 1, 1]]), 2.0, [2], 2)
     scores = bias(torch.zeros(4, 10), torch.zeros(4, 10))
     assert scores[0].nonzero().flatten().tolist() == [5, 6] == scores[1].nonzero().flatten().tolist()

@@ -67,7 +67,7 @@ from recbole_mmprefer.explainer.pair_data import (
     select_rows,
 )
 from recbole_mmprefer.explainer.settings import DecodingSettings, ExplainerConfig, LlmSettings, generation_split
-from recbole_mmprefer.explainer.tokens import template_token_ids
+from recbole_mmprefer.explainer.tokens import template_token_ids, wordless_token_ids
 from recbole_mmprefer.jsonl import ResumableShards, barrier, distributed, dump_line
 from recbole_mmprefer.llm import BUNDLED_LLM_NAME
 from recbole_mmprefer.resources import stage_setting
@@ -251,10 +251,10 @@ def _generate_shard(model: ExplainerModel, plan: GenerationPlan, indices: List[i
 
 def decoding_options(decoding: DecodingSettings, prompt, tokenizer) -> Dict[str, object]:
     """The keyword arguments of :meth:`ExplainerModel.generate`: the decoding settings, and under grounded
-    decoding the prompt template's own words to leave unbiased."""
+    decoding the tokens to leave unbiased: the prompt template's own words and every token without a letter."""
     options = decoding.generate_options()
     if options["copy_bias"] > 0:
-        options["copy_exclude"] = template_token_ids(prompt, tokenizer)
+        options["copy_exclude"] = sorted({*template_token_ids(prompt, tokenizer), *wordless_token_ids(tokenizer)})
     return options
 
 

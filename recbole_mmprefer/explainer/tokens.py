@@ -72,6 +72,20 @@ def template_token_ids(settings, tokenizer) -> List[int]:
     return sorted(set(encode_prompt(skeleton, tokenizer, 0)[0]))
 
 
+_WORDLESS: dict = {}
+
+
+def wordless_token_ids(tokenizer) -> List[int]:
+    """Ids of the vocabulary's tokens without a letter (digits, punctuation, spaces), computed once per tokenizer.
+    Grounded decoding leaves them unbiased: biased digits recombine into numbers (years) no input holds."""
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+    if key not in _WORDLESS:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        texts = [tokenizer.convert_tokens_to_string([piece]) if piece is not None else "" for piece in pieces]
+        _WORDLESS[key] = [n for n, text in enumerate(texts) if not any(ch.isalpha() for ch in text)]
+    return _WORDLESS[key]
+
+
 def _ids(tokenizer, text: str) -> List[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
