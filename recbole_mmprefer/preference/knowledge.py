@@ -216,14 +216,14 @@ def build_knowledge(config, samples_name: str, samples: Sequence[dict], force: b
     """The ``preference_knowledge`` artifact of a sample set (its train split only); skipped when up to date."""
     settings = KnowledgeSettings.from_config(config)
     user_file = dataset_file(config, "user")
-    input_hash = json_sha256({"settings": settings.to_config(), "samples": json_sha256(
-        [(s["index"], s["split"], s["user_id"], s["item_id"], s["label"]) for s in samples]),
-        "users": file_sha256(user_file) if user_file.is_file() else None,
-        "cross_domain": file_sha256(Path(settings.cross_domain)) if settings.cross_domain else None})
+    rows = interactions(samples)
+    input_hash = json_sha256({"settings": settings.to_config(), "interactions": json_sha256(rows),
+                              "users": file_sha256(user_file) if user_file.is_file() else None,
+                              "cross_domain": file_sha256(Path(settings.cross_domain)) if settings.cross_domain
+                              else None})
     artifact = ARTIFACTS["preference_knowledge"]
     if not force and artifact.is_fresh(config, input_hash, name=samples_name):
         return artifact.dir(config, name=samples_name)
-    rows = interactions(samples)
     attributes = user_attributes(config, settings)
     parts = {"demographic": demographic_part(rows, attributes, settings), "temporal": temporal_part(rows, settings),
              "cross_domain": cross_domain_part(settings.cross_domain)}
