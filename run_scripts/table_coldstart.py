@@ -16,8 +16,9 @@ Scenarios (each seed draws who is held out and the few-shot set):
 * ``cross_domain``: tuned on the data set's own windows (movies), scored on
   TALLRec's published book samples (``--book``, imported as they are).
 
-Systems: TALLRec and ExplainRec (the bundled LLM, LoRA), each with and without
-the knowledge base K in the prompt (``_k``: ``preference_knowledge``);
+Systems: TALLRec and ExplainRec (the bundled LLM, LoRA, no test-time
+adaptation), each with and without the knowledge base K in the prompt (``_k``:
+``preference_knowledge``);
 ExplainRec with K and Reptile meta-training plus test-time adaptation to each
 new user's support set (``_meta``), and the same model scored without
 adaptation (``_meta_0``: ``coldstart_adaptation_steps: 0``); the content-based
@@ -46,11 +47,13 @@ sys.path.insert(0, str(HERE))
 from table_preference import kept_notes, paired_bootstrap  # noqa: E402  (the same machinery as Table 1's)
 
 SCENARIOS = {"new_users": "cold-users", "new_items": "cold-items", "cross_domain": "windows"}
+NO_ADAPTATION = {"coldstart_adaptation_steps": 0}  # only the meta-learned system adapts to a new user's support set
 LLM_SYSTEMS = {
-    "tallrec": ("TALLRec", {"preference_system": "tallrec"}),
-    "tallrec_k": ("TALLRec + K", {"preference_system": "tallrec", "preference_knowledge": True}),
-    "explainrec": ("ExplainRec", {"preference_system": "explainrec"}),
-    "explainrec_k": ("ExplainRec + K", {"preference_system": "explainrec", "preference_knowledge": True}),
+    "tallrec": ("TALLRec", {"preference_system": "tallrec", **NO_ADAPTATION}),
+    "tallrec_k": ("TALLRec + K", {"preference_system": "tallrec", "preference_knowledge": True, **NO_ADAPTATION}),
+    "explainrec": ("ExplainRec", {"preference_system": "explainrec", **NO_ADAPTATION}),
+    "explainrec_k": ("ExplainRec + K", {"preference_system": "explainrec", "preference_knowledge": True,
+                                        **NO_ADAPTATION}),
     "explainrec_k_meta": ("ExplainRec + K + meta", {"preference_system": "explainrec", "preference_knowledge": True,
                                                      "coldstart_meta_steps": 32}),
     "explainrec_k_meta_0": ("ExplainRec + K + meta, no adaptation", {
