@@ -99,19 +99,19 @@ def llm_scores(args, scenario: str, system: str, seed: int) -> Tuple[List[int], 
     from recbole_mmprefer.preference.train import train_preference_model
 
     keys = {"knowledge_source": "windows"} if scenario == "cross_domain" else {}  # books have no train split
-    stage = config_for(args.dataset, preference_shots=args.shots, preference_shot_seed=seed, coldstart_seed=seed,
-                       **keys, **LLM_SYSTEMS[system][1])
-    if stage["preference_system"] == "explainrec" and stage["explainrec_multimodal"]:
-        for modality in stage["modalities"]:
-            build_features(stage, modality)
-    train_name = build_samples(stage, scenario)
-    scored_name, _ = test_samples(args, stage, scenario)
-    base = Path(run_dir(stage)) / "coldstart_table"
-    # the _meta_0 row scores the _meta model: the same weights, no test-time adaptation
+    # the _meta_0 row scores the _meta model (trained under _meta's settings) without test-time adaptation
     trained = OURS if system == "explainrec_k_meta_0" else system
-    model_dir = train_preference_model(stage, base / "models" / f"{scenario}-{trained}-seed{seed}",
+    training, scoring = (config_for(args.dataset, preference_shots=args.shots, preference_shot_seed=seed,
+                                    coldstart_seed=seed, **keys, **LLM_SYSTEMS[name][1]) for name in (trained, system))
+    if training["preference_system"] == "explainrec" and training["explainrec_multimodal"]:
+        for modality in training["modalities"]:
+            build_features(training, modality)
+    train_name = build_samples(training, scenario)
+    scored_name, _ = test_samples(args, scoring, scenario)
+    base = Path(run_dir(training)) / "coldstart_table"
+    model_dir = train_preference_model(training, base / "models" / f"{scenario}-{trained}-seed{seed}",
                                        samples_name=train_name)
-    out = score_preferences(stage, model_dir, "test", base / "scores" / f"{scenario}-{system}-seed{seed}.jsonl",
+    out = score_preferences(scoring, model_dir, "test", base / "scores" / f"{scenario}-{system}-seed{seed}.jsonl",
                             samples_name=scored_name, max_samples=args.test_samples)
     rows = read_records(out)
     return [row["label"] for row in rows], [row["p_yes"] for row in rows]
