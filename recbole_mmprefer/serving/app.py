@@ -33,6 +33,7 @@ from typing import Callable, Optional
 from recbole_mmprefer.artifacts import ARTIFACTS, run_dir
 from recbole_mmprefer.errors import InputError, MissingInputError
 from recbole_mmprefer.resources import STYLE_MARKER, page_style
+from recbole_mmprefer.retrieval.paths import PathResult
 from recbole_mmprefer.serving.explain import ExplanationQueue, PairExplainer
 from recbole_mmprefer.serving.session import RecommendSession, UnknownNodeError
 
@@ -102,8 +103,8 @@ def create_app(config, make_session: Optional[Callable[[], RecommendSession]] = 
         current = session()
         found = current.recommend(user, topk)
         if drawings:
-            for item in found["items"]:
-                result = current.paths(user, item["item_id"])
+            for item in found["items"]:  # the paths recommend() found, drawn (not searched again)
+                result = PathResult.from_record(item["paths"])
                 item["svg"], item["path_text"] = current.drawing(result), current.describe_paths(result)
         return found
 
