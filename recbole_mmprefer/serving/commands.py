@@ -1,7 +1,8 @@
 """The front door's subcommands (issue 17): ``mmprefer recommend``, ``mmprefer explain`` and ``mmprefer serve``.
 
 Registered by :mod:`recbole_mmprefer.cli` like every stage; they read a finished run through
-:class:`~recbole_mmprefer.serving.session.RecommendSession` and print text or JSON.
+:class:`~recbole_mmprefer.serving.session.RecommendSession` and print text or JSON. The heavy imports (torch,
+transformers) wait until a command runs, so that building the parser stays quick for every other command.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ import json
 from typing import Callable, List
 
 from recbole_mmprefer.errors import InputError
-from recbole_mmprefer.retrieval.paths import PathResult
-from recbole_mmprefer.serving.explain import PairExplainer
-from recbole_mmprefer.serving.session import RecommendSession
 
 
 def _session(args: argparse.Namespace, overrides: List[str]):
     from recbole_mmprefer.cli import stage_config  # the CLI's config builder (cli imports this module lazily)
+    from recbole_mmprefer.serving.session import RecommendSession
 
     return RecommendSession(stage_config(args, overrides))
 
 
 def _print_pair(session, item: dict, indent: str = "   ") -> None:
+    from recbole_mmprefer.retrieval.paths import PathResult
+
     lines = session.describe_paths(PathResult.from_record(item["paths"])) if "paths" in item else []
     for number, line in enumerate(lines, start=1):
         print(f"{indent}path {number}: {line}")
@@ -57,6 +58,8 @@ def cmd_recommend(args: argparse.Namespace, overrides: List[str]) -> None:
     found = session.recommend(args.user, args.topk)
     explainer = None
     if args.explain:
+        from recbole_mmprefer.serving.explain import PairExplainer
+
         explainer = PairExplainer(session.config, node_text=session.node_text)
     if args.json:
         for item in found["items"]:
@@ -77,6 +80,8 @@ def cmd_recommend(args: argparse.Namespace, overrides: List[str]) -> None:
 
 
 def cmd_explain(args: argparse.Namespace, overrides: List[str]) -> None:
+    from recbole_mmprefer.serving.explain import PairExplainer
+
     session = _session(args, overrides)
     record = session.paths(args.user, args.item).to_record()
     explainer = PairExplainer(session.config, node_text=session.node_text)
