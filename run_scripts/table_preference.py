@@ -36,6 +36,8 @@ LLM_SYSTEMS = {
     "explainrec": ("ExplainRec", {"preference_system": "explainrec"}),
     "no_attribution": ("ExplainRec w/o attribution", {"preference_system": "explainrec",
                                                       "explainrec_attribution": False}),
+    "no_summary": ("ExplainRec w/o history summary", {"preference_system": "explainrec",
+                                                      "explainrec_history_summary": False}),
     "no_multimodal": ("ExplainRec w/o multimodal", {"preference_system": "explainrec",
                                                     "explainrec_multimodal": False}),
     "no_multitask": ("ExplainRec w/o multi-task", {"preference_system": "explainrec", "explainrec_multitask": False}),

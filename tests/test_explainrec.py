@@ -13,6 +13,7 @@ from test_preference_model import WORDS, write_answer_llama
 from test_preferences import write_rated_dataset
 
 from recbole_mmprefer.cli import main as mmprefer
+from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.prompts import SOFT_MARKER
 from recbole_mmprefer.preference.explainrec import ExplainRecModel, build_explainrec_examples, explainrec_input
 from recbole_mmprefer.preference.fusion import ModalityFeatures, ModalityFusion
@@ -60,6 +61,9 @@ def test_attribution_names_the_history_items_that_share_a_genre():
     lonely = {**SAMPLE, "groups": ["Western"]}
     assert attribution(lonely).stance == 0
     assert reference_reason(lonely) == "It shares no genre with the items the user rated."
+    assert reference_reason(lonely, "movie") == ("The user liked 2 of these 4 movies. "
+                                                 "It shares no genre with the items the user rated.")
+    assert reference_reason({**SAMPLE, "review": "great fun."}, "movie") == "great fun."
 
 
 def settings_for(llama, **keys) -> PreferenceModelConfig:
@@ -80,6 +84,10 @@ def test_prompts_and_sequences_follow_the_switches(tmp_path):
     model = ExplainRecModel.build(full, item_features=item_features())
     text = explainrec_input(SAMPLE, full.prompt, full.explainrec, SAMPLE["history"])
     assert '"Alpha" (Comedy)' in text and '"Gamma" (Comedy, Drama) ' + SOFT_MARKER in text
+    assert "\nThe user liked 2 of these 4 movies.\n" in text
+    assert "liked 1 of these 2 movies." in explainrec_input(SAMPLE, full.prompt, full.explainrec, SAMPLE["history"][2:])
+    unsummarised = ExplainRecSettings.from_config({"explainrec_history_summary": False})
+    assert "The user liked" not in explainrec_input(SAMPLE, full.prompt, unsummarised, SAMPLE["history"])
     true, flipped = build_explainrec_examples(SAMPLE, model.tokenizer, full.prompt, full.explainrec, True)
     prompt_length = true.answer_position + 1
     assert true.input_ids[:prompt_length] == flipped.input_ids[:prompt_length]
@@ -92,13 +100,16 @@ def test_prompts_and_sequences_follow_the_switches(tmp_path):
     bare = ExplainRecSettings.from_config({"explainrec_attribution": False, "explainrec_multimodal": False})
     assert bare.tasks == ["pred", "rating"]
     text = explainrec_input(SAMPLE, full.prompt, bare, SAMPLE["history"])
-    assert "(Comedy)" not in text and SOFT_MARKER not in text
+    assert "(Comedy)" not in text and SOFT_MARKER not in text and "The user liked" not in text
     only, = build_explainrec_examples(SAMPLE, model.tokenizer, full.prompt, bare, True)
     assert only.soft_positions == [] and all(token == -100 for token in only.labels)
     assert ExplainRecSettings.from_config({"explainrec_multitask": False}).tasks == ["pred", "reason", "consistency"]
 
 
-def batch_of(model, samples):
+def batch_of(model, samples, shared=False):
+    """Training pairs as whole sequences, or (``shared``) in the shared-prompt layout model.collate uses in
+    training mode; the tests' LLM has no dropout, so the mode changes nothing else."""
+    model.train(shared)
     return model.collate([example for sample in samples for example in model.examples(sample, with_answers=True)])
 
 
@@ -123,6 +134,34 @@ def test_each_loss_reaches_its_own_parameters(tmp_path):
     # the head starts at zero, so its first loss is that of predicting the like threshold (3): (4-3)^2, (2-3)^2
     assert float(model.task_losses(batch, batch["features"])["rating"].detach()) == pytest.approx(1.0)
     assert model.explainrec.rating_center == 3.0
+
+
+def test_the_shared_prompt_pass_gives_the_same_losses_and_gradients(tmp_path):
+    model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama")), item_features=item_features())
+    other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0,
+             "history": SAMPLE["history"][1:]}  # a shorter prompt: the shared layout pads prompts and answers
+    full, shared = batch_of(model, [SAMPLE, other]), batch_of(model, [SAMPLE, other], shared=True)
+    assert "continuation_ids" not in full and shared["input_ids"].shape[0] == 2
+    assert shared["continuation_ids"].shape[0] == 4 and shared["continuation_ids"].shape[1] < full["input_ids"].shape[1]
+
+    def losses_and_gradients(batch):
+        model.zero_grad()
+        losses = model.task_losses(batch, batch["features"])
+        model.combine(losses).backward()
+        return ({task: float(value.detach()) for task, value in losses.items()},
+                {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    (full_losses, full_grads), (shared_losses, shared_grads) = losses_and_gradients(full), losses_and_gradients(shared)
+    assert full_losses.keys() == shared_losses.keys() == {"pred", "reason", "consistency", "rating"}
+    for task, value in full_losses.items():
+        assert shared_losses[task] == pytest.approx(value, rel=1e-4, abs=1e-6), task
+    assert full_grads.keys() == shared_grads.keys() and len(full_grads) > 0
+    for name, value in full_grads.items():
+        assert torch.allclose(value, shared_grads[name], atol=1e-5), name
+    model.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert "continuation_ids" not in batch_of(model, [SAMPLE, other], shared=True)  # no cache: whole sequences
+    with pytest.raises(InputError, match="gradient checkpointing"):
+        model.task_losses(shared, shared["features"])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):

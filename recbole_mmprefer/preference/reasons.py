@@ -14,6 +14,14 @@ reviews, and otherwise verbalises the attribution, e.g.::
     It is Comedy, like "Alpha (1990)", which the user liked, and like "Gamma", which the user disliked.
     It shares no genre with the items the user rated.
 
+The **history summary** (``explainrec_history_summary``) says the history's own
+verdict in words, ``The user liked 7 of these 10 movies.``: on ml-100k the
+share of liked items alone ranks the test windows at AUC 0.726, and a 135M LLM
+tuned on a few dozen samples cannot be expected to count it from two lists.
+It goes into the prompt (over the history shown) and, where the reason is not
+the user's own review, opens the reference reason (over the whole window), so
+that the reason states what the answer rests on.
+
 Nothing here reads a model: reasons are data, built from the preference
 samples alone.
 """
@@ -21,7 +29,7 @@ samples alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from recbole_mmprefer.preference.prompts import quoted, sample_title
 
@@ -66,16 +74,24 @@ def history_with_reasons(entries: Sequence[dict]) -> str:
     return ", ".join(parts)
 
 
-def reference_reason(sample: dict) -> str:
+def history_summary(history: Sequence[dict], kind: str) -> str:
+    """``The user liked 7 of these 10 movies.`` (``kind``: the item kind, made plural with an s)."""
+    liked = sum(1 for entry in history if entry["liked"])
+    return f"The user liked {liked} of these {len(history)} {kind}s."
+
+
+def reference_reason(sample: dict, summary_kind: Optional[str] = None) -> str:
     """The user's own review of the target where there is one (a reference written by the user), else the
-    attribution in words (see the module docstring)."""
+    attribution in words, opened by the history summary when ``summary_kind`` (the item kind) is given (see the
+    module docstring)."""
     if sample.get("review"):
         return str(sample["review"])
+    opening = history_summary(sample["history"], summary_kind) + " " if summary_kind else ""
     found = attribution(sample)
     if not found.shared_groups:
-        return "It shares no genre with the items the user rated."
+        return opening + "It shares no genre with the items the user rated."
     clauses = []
     for entries, verdict in ((found.liked, "liked"), (found.disliked, "disliked")):
         if entries:
             clauses.append(f"like {quoted([sample_title(entry) for entry in entries])}, which the user {verdict}")
-    return f"It is {', '.join(found.shared_groups)}, " + ", and ".join(clauses) + "."
+    return opening + f"It is {', '.join(found.shared_groups)}, " + ", and ".join(clauses) + "."

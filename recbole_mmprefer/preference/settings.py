@@ -98,6 +98,7 @@ class ExplainRecSettings(StageSettings):
 
     instruction: str
     attribution: bool
+    history_summary: bool
     multimodal: bool
     multitask: bool
     soft_tokens: int
@@ -115,7 +116,7 @@ class ExplainRecSettings(StageSettings):
         self.instruction = str(self.instruction)
         if "{kind}" not in self.instruction:
             raise InputError("explainrec_instruction must hold {kind} (the item kind: movie, book, ...)")
-        for name in ("attribution", "multimodal", "multitask"):
+        for name in ("attribution", "history_summary", "multimodal", "multitask"):
             setattr(self, name, check_bool(self.key(name), getattr(self, name)))
         self.soft_tokens = check_int("explainrec_soft_tokens", self.soft_tokens, 1)
         self.fusion_hidden = check_int("explainrec_fusion_hidden", self.fusion_hidden, 1)

@@ -133,7 +133,7 @@ def tune(model: PreferenceModel, examples: Sequence[list], training: PreferenceT
     sampler = EpochBatches([sum(len(example) for example in sample) for sample in examples], training.batch_size,
                            seed)
     model.train()
-    if training.gradient_checkpointing:  # ExplainRec's paired rows of 512 tokens need ~24 GB of activations without
+    if training.gradient_checkpointing:  # less memory, but no key/value cache: ExplainRec then runs whole sequences
         model.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     history = []
     for epoch in range(1, training.epochs + 1):
