@@ -13,8 +13,9 @@ bundled LLM unless ``--llm_path``), and RecBole's SASRec and GRU4Rec trained
 with BCE on the same few-shot samples (``--conventional_epochs``). Models and
 scores land under ``<run_dir>/preference_table/``; a rerun skips what is up to
 date; every AUC and bootstrap also goes to ``results/preference_<dataset>.json``
-as it is measured, and a later run (a later session, without saved/) reuses
-what is there, so the table can be built a seed at a time. Reported: AUC
+as it is measured, with a digest of its settings, and a later run (a later
+session, without saved/) reuses what is there unless the settings changed, so
+the table can be built a seed at a time. Reported: AUC
 (mean and population std over seeds) per system and shot count, a PNG of AUC
 against shots, and a paired bootstrap of ExplainRec against TALLRec on the
 same test windows (``--bootstrap`` resamples) per shot count and seed.
@@ -69,6 +70,26 @@ def config_for(dataset: str, **keys):
     return Config(model="MMPSASRec", dataset=dataset, config_dict=keys)
 
 
+def system_config(args, system: str, shots: int, seed: int):
+    """The configuration an LLM system is tuned and scored with."""
+    if system in ZERO_SHOT:
+        return config_for(args.dataset, preference_system=ZERO_SHOT[system])
+    return config_for(args.dataset, preference_shots=shots, preference_shot_seed=seed, **LLM_SYSTEMS[system][1])
+
+
+def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
+    """A digest of every setting a run's AUC depends on: a ledger entry with another digest is measured again."""
+    from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
+    from recbole_mmprefer.utils import json_sha256
+
+    if system in CONVENTIONAL:
+        return json_sha256({"model": system, "shots": shots, "seed": seed, "epochs": args.conventional_epochs})
+    stage = system_config(args, system, shots, seed)
+    return json_sha256({"model": PreferenceModelConfig.from_config(stage).to_config(),
+                        "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
+                        "shots": shots, "seed": seed})
+
+
 def llm_scores(args, config, system: str, shots: int, seed: int) -> Tuple[List[int], List[float]]:
     from recbole_mmprefer.artifacts import run_dir
     from recbole_mmprefer.data.features import build_features
@@ -77,13 +98,11 @@ def llm_scores(args, config, system: str, shots: int, seed: int) -> Tuple[List[i
     from recbole_mmprefer.preference.train import train_preference_model
 
     base = Path(run_dir(config)) / "preference_table"
+    stage = system_config(args, system, shots, seed)
     if system in ZERO_SHOT:
-        stage = config_for(args.dataset, preference_system=ZERO_SHOT[system])
         out = score_preferences(stage, None, "test", base / "scores" / f"{system}.jsonl",
                                 max_samples=args.test_samples)
     else:
-        stage = config_for(args.dataset, preference_shots=shots, preference_shot_seed=seed,
-                           **LLM_SYSTEMS[system][1])
         if stage["preference_system"] == "explainrec" and stage["explainrec_multimodal"]:
             for modality in stage["modalities"]:
                 build_features(stage, modality)
@@ -174,14 +193,17 @@ def main() -> None:
             kept = {}
             for system in args.systems:
                 key = f"{system}|{shots}|{seed}"
-                if key in ledger["runs"] and not (paired and system in ("explainrec", "tallrec")):
+                fingerprint = settings_fingerprint(args, system, shots, seed)
+                # entries from before fingerprints (none recorded) are kept as measured
+                current = key in ledger["runs"] and ledger["runs"][key].get("settings", fingerprint) == fingerprint
+                if current and not (paired and system in ("explainrec", "tallrec")):
                     continue
                 if system in CONVENTIONAL:
                     labels, scores = conventional_scores(args, system, shots, seed)
                 else:
                     labels, scores = llm_scores(args, config, system, shots, seed)
                 kept[system] = (labels, scores)
-                ledger["runs"][key] = {"auc": auc(labels, scores)}
+                ledger["runs"][key] = {"auc": auc(labels, scores), "settings": fingerprint}
                 save_ledger(args, ledger)
                 print(f"seed {seed}, {shots} shots, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
             if paired:

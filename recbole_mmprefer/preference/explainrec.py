@@ -41,6 +41,7 @@ task, fixed weights).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -137,6 +138,12 @@ def checkpointing_on(llm) -> bool:
         if hasattr(type(llm), name):
             return bool(getattr(llm, name))
     return False
+
+
+def cache_argument(model, cache) -> Dict[str, object]:
+    """The key/value cache as the model's forward takes it: ``cache`` (transformers >= 5.25) or
+    ``past_key_values``."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
 
 
 def reason_tokens(labels: Tensor) -> Tensor:
@@ -265,11 +272,12 @@ class ExplainRecModel(PreferenceModel):
                       position_ids=position_ids(mask), use_cache=True)
         last = torch.full((len(mask),), mask.shape[1] - 1, dtype=torch.long)
         logits, answer_rows = self.answer_logits_at(prompt.last_hidden_state, last)
-        cache = prompt.past_key_values
+        cache = getattr(prompt, "cache", None)
+        cache = prompt.past_key_values if cache is None else cache
         cache.batch_repeat_interleave(2)
         tail_mask = batch["continuation_mask"].to(self.device)
         starts = mask.sum(dim=1).repeat_interleave(2).unsqueeze(1)
-        tail = base(input_ids=batch["continuation_ids"].to(self.device), past_key_values=cache, use_cache=False,
+        tail = base(input_ids=batch["continuation_ids"].to(self.device), **cache_argument(base, cache), use_cache=False,
                     attention_mask=torch.cat([mask.repeat_interleave(2, dim=0), tail_mask], dim=1),
                     position_ids=starts + torch.arange(tail_mask.shape[1], device=self.device)).last_hidden_state
         labels = batch["continuation_labels"].to(self.device)
