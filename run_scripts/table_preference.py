@@ -1,7 +1,7 @@
 """TALLRec's Table 1 for ExplainRec (issue 13): AUC against shots for the LLM systems and RecBole's sequential models.
 
     python run_scripts/table_preference.py [--dataset ml-100k] [--shots 16 64 256] [--seeds 0 1 2] \
-        [--systems zero_shot tallrec explainrec no_attribution no_multimodal no_multitask SASRec GRU4Rec] \
+        [--systems zero_shot tallrec explainrec no_attribution no_summary no_multimodal no_multitask SASRec GRU4Rec] \
         [--test_samples 1000] [--out results/preference_ml-100k.md] [--key=value ...]
 
 Preference samples by TALLRec's protocol (`mmprefer preferences`); for each seed
