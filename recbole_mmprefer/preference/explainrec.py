@@ -248,12 +248,17 @@ class ExplainRecModel(PreferenceModel):
         head = self.causal_lm().get_output_embeddings()
         return (rows @ head.weight[[self.yes_id, self.no_id]].T).float(), rows
 
+    def sample_rows(self) -> slice:
+        """The rows of a whole-sequence batch that hold each sample's true answer (every other one under
+        attribution, whose rows come in (true, flipped) pairs)."""
+        return slice(0, None, 2 if self.explainrec.attribution else 1)
+
     def full_sequence_pass(self, batch: Dict[str, Tensor], features=None) -> Tuple[Tensor, ...]:
         """Per sample the (Yes, No) logits and the answer position's state, and per row (true, flipped answer
         under attribution) its reason's summed log-probability and token count, from whole sequences."""
         hidden = self.hidden_of(batch, features)
         logits, answer_rows = self.answer_logits_at(hidden, batch["answer_position"])
-        true = slice(0, None, 2 if self.explainrec.attribution else 1)
+        true = self.sample_rows()
         if not self.explainrec.attribution:
             return logits[true], answer_rows[true], None, None
         labels = batch["labels"].to(self.device)
@@ -289,7 +294,7 @@ class ExplainRecModel(PreferenceModel):
         shared = "continuation_ids" in batch
         logits, answer_rows, reason, tokens = (self.shared_prompt_pass if shared else self.full_sequence_pass)(
             batch, features)
-        true = slice(None) if shared else slice(0, None, 2 if self.explainrec.attribution else 1)
+        true = slice(None) if shared else self.sample_rows()
         labels = batch["label"].to(self.device)[true]
         # the (Yes, No) logits: column 0 is Yes, so the class of label 1 is 0
         losses = {"pred": nn.functional.cross_entropy(logits, 1 - labels)}
