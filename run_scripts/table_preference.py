@@ -12,8 +12,9 @@ frozen LLM (zero-shot), TALLRec, ExplainRec and its ablations (LoRA-tuned, the
 bundled LLM unless ``--llm_path``), and RecBole's SASRec and GRU4Rec trained
 with BCE on the same few-shot samples (``--conventional_epochs``). Models and
 scores land under ``<run_dir>/preference_table/``; a rerun skips what is up to
-date; every AUC and bootstrap also goes to ``results/preference_<dataset>.json``
-as it is measured, with a digest of its settings, and a later run (a later
+date; every AUC, its per-window scores and the bootstraps also go to
+``results/preference_<dataset>.json`` as they are measured, with a digest of
+the settings, and a later run (a later
 session, without saved/) reuses what is there unless the settings changed, so
 the table can be built a seed at a time. Reported: AUC
 (mean and population std over seeds) per system and shot count, a PNG of AUC
@@ -180,37 +181,55 @@ def save_ledger(args, ledger: dict) -> None:
 
 def main() -> None:
     args, command = parse_arguments()
+    from recbole.utils import init_logger
+
     from recbole_mmprefer.data.preferences import build_preferences
-    from recbole_mmprefer.preference.score import auc
 
     config = config_for(args.dataset)
+    init_logger(config)  # the stages' progress and where their files went
     ledger = load_ledger(args)
     for seed in args.seeds:
         build_preferences(config_for(args.dataset, preference_shot_seed=seed))  # this seed's few-shot order
         for shots in args.shots:
-            pair = f"{shots}|{seed}"
-            paired = {"explainrec", "tallrec"} <= set(args.systems) and pair not in ledger["bootstrap"]
-            kept = {}
             for system in args.systems:
-                key = f"{system}|{shots}|{seed}"
-                fingerprint = settings_fingerprint(args, system, shots, seed)
-                # entries from before fingerprints (none recorded) are kept as measured
-                current = key in ledger["runs"] and ledger["runs"][key].get("settings", fingerprint) == fingerprint
-                if current and not (paired and system in ("explainrec", "tallrec")):
-                    continue
-                if system in CONVENTIONAL:
-                    labels, scores = conventional_scores(args, system, shots, seed)
-                else:
-                    labels, scores = llm_scores(args, config, system, shots, seed)
-                kept[system] = (labels, scores)
-                ledger["runs"][key] = {"auc": auc(labels, scores), "settings": fingerprint}
-                save_ledger(args, ledger)
-                print(f"seed {seed}, {shots} shots, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
-            if paired:
-                labels, ours = kept["explainrec"]
-                ledger["bootstrap"][pair] = paired_bootstrap(labels, ours, kept["tallrec"][1], args.bootstrap, seed)
-                save_ledger(args, ledger)
+                measure(args, config, ledger, system, shots, seed)
+            bootstrap_if_due(args, ledger, shots, seed)
     write_report(args, command, ledger)
+
+
+def measure(args, config, ledger: dict, system: str, shots: int, seed: int) -> None:
+    """Tune and score ``system`` unless the ledger has it with the same settings (entries from before
+    digests, which carry none, are kept as measured)."""
+    from recbole_mmprefer.preference.score import auc
+
+    key = f"{system}|{shots}|{seed}"
+    fingerprint = settings_fingerprint(args, system, shots, seed)
+    if key in ledger["runs"] and ledger["runs"][key].get("settings", fingerprint) == fingerprint:
+        return
+    if system in CONVENTIONAL:
+        labels, scores = conventional_scores(args, system, shots, seed)
+    else:
+        labels, scores = llm_scores(args, config, system, shots, seed)
+    if ledger.setdefault("labels", labels) != labels:
+        raise RuntimeError(f"{system} was scored on other test windows than the ledger {ledger_path(args)} holds")
+    ledger["runs"][key] = {"auc": auc(labels, scores), "settings": fingerprint,
+                           "scores": [round(float(score), 6) for score in scores]}
+    save_ledger(args, ledger)
+    print(f"seed {seed}, {shots} shots, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
+
+
+def bootstrap_if_due(args, ledger: dict, shots: int, seed: int) -> None:
+    """The paired bootstrap of ExplainRec against TALLRec from their per-window scores in the ledger, once per
+    pair of settings (entries measured before scores were kept cannot be paired)."""
+    ours, theirs = (ledger["runs"].get(f"{system}|{shots}|{seed}", {}) for system in ("explainrec", "tallrec"))
+    if "scores" not in ours or "scores" not in theirs:
+        return
+    pair, settings = f"{shots}|{seed}", [ours["settings"], theirs["settings"]]
+    if ledger["bootstrap"].get(pair, {}).get("settings") == settings:
+        return
+    test = paired_bootstrap(ledger["labels"], ours["scores"], theirs["scores"], args.bootstrap, seed)
+    ledger["bootstrap"][pair] = {**test, "settings": settings}
+    save_ledger(args, ledger)
 
 
 def label_of(system: str) -> str:
