@@ -97,6 +97,42 @@ def test_tuning_learns_the_labels(tmp_path):
     assert all(torch.equal(p, frozen[name]) for name, p in model.llm.named_parameters() if not p.requires_grad)
 
 
+def test_an_interrupted_tuning_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from recbole_mmprefer.explainer.checkpoints import checkpoints
+    from recbole_mmprefer.preference.settings import PreferenceTrainingSettings
+    from recbole_mmprefer.preference.train import TuningRun, tune
+
+    llama = write_answer_llama(tmp_path / "llama")
+    samples = [sample(target, label) for target, label in (("comedy", 1), ("horror", 0))] * 4
+    training = PreferenceTrainingSettings.from_config({
+        "preference_epochs": 3, "preference_learning_rate": 0.02, "preference_batch_size": 2,
+        "preference_bf16": False, "preference_checkpoint_steps": 1})
+
+    def run(out_dir):
+        torch.manual_seed(5)  # the same LoRA start each time
+        model = model_for(llama)  # LoRA dropout on: the random state must be restored too
+        history = tune(model, [model.examples(s, with_answers=True) for s in samples], training, 1, out_dir, "h")
+        return history, model.trainable_state_dict()
+
+    expected_history, expected = run(tmp_path / "whole")
+    step, taken = TuningRun.step, []
+
+    def stop_after_six(self, epoch, indices):
+        if len(taken) == 6:  # epoch 2, after its second of four steps
+            raise KeyboardInterrupt
+        taken.append(epoch)
+        return step(self, epoch, indices)
+
+    monkeypatch.setattr(TuningRun, "step", stop_after_six)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped")
+    assert [(c.epoch, c.step) for c in checkpoints(tmp_path / "stopped")] == [(1, None), (2, 2)]
+    monkeypatch.setattr(TuningRun, "step", step)
+    history, resumed = run(tmp_path / "stopped")
+    assert history == expected_history
+    assert all(torch.allclose(resumed[name], expected[name], atol=1e-6) for name in expected)
+
+
 def test_a_long_history_loses_its_oldest_items_first(tmp_path):
     model = model_for(write_answer_llama(tmp_path / "llama"))
     history = [(name, True) for name in ("Alpha", "Beta", "Gamma", "Delta", "Eps")]

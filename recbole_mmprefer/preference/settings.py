@@ -73,9 +73,11 @@ class PreferenceTrainingSettings(StageSettings):
     score_batch_size: int
     bf16: object
     gradient_checkpointing: bool
+    checkpoint_steps: int
 
     def __post_init__(self):
         self.shots = check_optional_int("preference_shots", self.shots, 1)
+        self.checkpoint_steps = check_int("preference_checkpoint_steps", self.checkpoint_steps, 0)
         self.gradient_checkpointing = check_bool("preference_gradient_checkpointing", self.gradient_checkpointing)
         self.epochs = check_int("preference_epochs", self.epochs, 1)
         self.learning_rate = check_float("preference_learning_rate", self.learning_rate, 0.0, above_minimum=True)
@@ -84,10 +86,16 @@ class PreferenceTrainingSettings(StageSettings):
         self.bf16 = check_bf16(self.bf16)
 
     def results_keys(self) -> Dict[str, object]:
-        """The keys that change what training computes (gradient checkpointing only trades time for memory)."""
+        """The keys that change what training computes (gradient checkpointing only trades time for memory;
+        checkpoints on disk only make a run resumable)."""
         keys = self.to_config()
         keys.pop("preference_gradient_checkpointing")
+        keys.pop("preference_checkpoint_steps")
         return keys
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether a mid-epoch checkpoint follows ``step``."""
+        return self.checkpoint_steps > 0 and step % self.checkpoint_steps == 0
 
 
 @dataclass
