@@ -44,7 +44,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table_preference import kept_notes, paired_bootstrap  # noqa: E402  (the same machinery as Table 1's)
+from table_preference import bootstrap_if_due, kept_notes, record_run  # noqa: E402  (the same machinery as Table 1's)
 
 SCENARIOS = {"new_users": "cold-users", "new_items": "cold-items", "cross_domain": "windows"}
 NO_ADAPTATION = {"coldstart_adaptation_steps": 0}  # only the meta-learned system adapts to a new user's support set
@@ -163,29 +163,26 @@ def main() -> None:
     if "cross_domain" in args.scenarios and not Path(args.book).is_file():
         print(f"cross_domain skipped: TALLRec's book samples are not at {args.book} (--book)")
         args.scenarios = [s for s in args.scenarios if s != "cross_domain"]
-    from recbole_mmprefer.preference.score import auc
+    from recbole.utils import init_logger
 
+    init_logger(config_for(args.dataset))  # the stages' progress and where their files went
     path = ledger_path(args)
     ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if ledger.get("settings") != {"shots": args.shots, "test_samples": args.test_samples}:
         ledger = {"settings": {"shots": args.shots, "test_samples": args.test_samples}, "runs": {}, "bootstrap": {}}
     for seed in args.seeds:
         for scenario in args.scenarios:
-            kept: Dict[str, Tuple[List[int], List[float]]] = {}
             for system in args.systems:
                 key = f"{scenario}|{system}|{seed}"
                 if key in ledger["runs"]:
                     continue
-                scores = (baseline_scores if system in BASELINES else llm_scores)(args, scenario, system, seed)
-                kept[system] = scores
-                ledger["runs"][key] = {"auc": auc(*scores), "samples": len(scores[0])}
+                labels, scores = (baseline_scores if system in BASELINES else llm_scores)(args, scenario, system, seed)
+                record_run(ledger, key, labels, scores)
                 save(path, ledger)
                 print(f"seed {seed}, {scenario}, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
             for other in ("tallrec", "content"):
-                pair = f"{scenario}|{other}|{seed}"
-                if OURS in kept and other in kept and pair not in ledger["bootstrap"]:
-                    ledger["bootstrap"][pair] = paired_bootstrap(kept[OURS][0], kept[OURS][1], kept[other][1],
-                                                                 args.bootstrap, seed)
+                if bootstrap_if_due(ledger, f"{scenario}|{other}|{seed}", f"{scenario}|{OURS}|{seed}",
+                                    f"{scenario}|{other}|{seed}", args.bootstrap, seed):
                     save(path, ledger)
     write_report(args, command, ledger)
 

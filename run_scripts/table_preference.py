@@ -28,7 +28,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -168,6 +168,10 @@ def load_ledger(args) -> dict:
     ledger = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if ledger.get("test_samples") != args.test_samples:
         ledger = {"test_samples": args.test_samples, "runs": {}, "bootstrap": {}}
+    shared = ledger.pop("labels", None)  # one label list for the whole ledger, as first kept: now per run
+    for run in ledger["runs"].values():
+        if "scores" in run and "labels" not in run:
+            run["labels"] = shared
     return ledger
 
 
@@ -193,15 +197,15 @@ def main() -> None:
         for shots in args.shots:
             for system in args.systems:
                 measure(args, config, ledger, system, shots, seed)
-            bootstrap_if_due(args, ledger, shots, seed)
+            if bootstrap_if_due(ledger, f"{shots}|{seed}", f"explainrec|{shots}|{seed}", f"tallrec|{shots}|{seed}",
+                                args.bootstrap, seed):
+                save_ledger(args, ledger)
     write_report(args, command, ledger)
 
 
 def measure(args, config, ledger: dict, system: str, shots: int, seed: int) -> None:
     """Tune and score ``system`` unless the ledger has it with the same settings (entries from before
     digests, which carry none, are kept as measured)."""
-    from recbole_mmprefer.preference.score import auc
-
     key = f"{system}|{shots}|{seed}"
     fingerprint = settings_fingerprint(args, system, shots, seed)
     if key in ledger["runs"] and ledger["runs"][key].get("settings", fingerprint) == fingerprint:
@@ -210,26 +214,38 @@ def measure(args, config, ledger: dict, system: str, shots: int, seed: int) -> N
         labels, scores = conventional_scores(args, system, shots, seed)
     else:
         labels, scores = llm_scores(args, config, system, shots, seed)
-    if ledger.setdefault("labels", labels) != labels:
-        raise RuntimeError(f"{system} was scored on other test windows than the ledger {ledger_path(args)} holds")
-    ledger["runs"][key] = {"auc": auc(labels, scores), "settings": fingerprint,
-                           "scores": [round(float(score), 6) for score in scores]}
+    record_run(ledger, key, labels, scores, fingerprint)
     save_ledger(args, ledger)
     print(f"seed {seed}, {shots} shots, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
 
 
-def bootstrap_if_due(args, ledger: dict, shots: int, seed: int) -> None:
-    """The paired bootstrap of ExplainRec against TALLRec from their per-window scores in the ledger, once per
-    pair of settings (entries measured before scores were kept cannot be paired)."""
-    ours, theirs = (ledger["runs"].get(f"{system}|{shots}|{seed}", {}) for system in ("explainrec", "tallrec"))
-    if "scores" not in ours or "scores" not in theirs:
-        return
-    pair, settings = f"{shots}|{seed}", [ours["settings"], theirs["settings"]]
-    if ledger["bootstrap"].get(pair, {}).get("settings") == settings:
-        return
-    test = paired_bootstrap(ledger["labels"], ours["scores"], theirs["scores"], args.bootstrap, seed)
-    ledger["bootstrap"][pair] = {**test, "settings": settings}
-    save_ledger(args, ledger)
+def record_run(ledger: dict, key: str, labels: Sequence[int], scores: Sequence[float],
+               settings: Optional[str] = None) -> None:
+    """A run's AUC with its per-window labels and scores (what a later bootstrap pairs) and settings digest."""
+    from recbole_mmprefer.preference.score import auc
+
+    ledger["runs"][key] = {"auc": auc(labels, scores), "labels": [int(label) for label in labels],
+                           "scores": [round(float(score), 6) for score in scores],
+                           **({"settings": settings} if settings is not None else {})}
+
+
+def bootstrap_if_due(ledger: dict, pair: str, ours: str, theirs: str, resamples: int, seed: int) -> bool:
+    """The paired bootstrap of run ``ours`` against run ``theirs`` from their scores in the ledger, unless
+    ``pair`` already holds it for these two runs (a digest of each); False when nothing was (re)computed,
+    including where a run predates kept scores and so cannot be paired."""
+    from recbole_mmprefer.utils import json_sha256
+
+    first, second = ledger["runs"].get(ours, {}), ledger["runs"].get(theirs, {})
+    if "scores" not in first or "scores" not in second:
+        return False
+    if first["labels"] != second["labels"]:
+        raise RuntimeError(f"{ours} and {theirs} were scored on different test windows: they cannot be paired")
+    runs = [json_sha256(first), json_sha256(second)]
+    if ledger["bootstrap"].get(pair, {}).get("runs") == runs:
+        return False
+    ledger["bootstrap"][pair] = {**paired_bootstrap(first["labels"], first["scores"], second["scores"], resamples,
+                                                    seed), "runs": runs}
+    return True
 
 
 def label_of(system: str) -> str:

@@ -38,31 +38,33 @@ def test_scores_are_kept_and_a_run_with_the_same_settings_is_reused(table):
     for _ in range(2):
         module.measure(args, None, ledger, "tallrec", 16, 0)
     assert calls == ["tallrec"]
-    saved = json.loads(Path(args.out).with_suffix(".json").read_text())
-    assert saved["labels"] == LABELS and saved["runs"]["tallrec|16|0"]["scores"] == SCORES["tallrec"]
+    saved = json.loads(Path(args.out).with_suffix(".json").read_text())["runs"]["tallrec|16|0"]
+    assert saved["labels"] == LABELS and saved["scores"] == SCORES["tallrec"] and saved["settings"] == "t1"
     digests["tallrec"] = "t2"
     module.measure(args, None, ledger, "tallrec", 16, 0)
     assert calls == ["tallrec", "tallrec"]
 
 
-def test_the_bootstrap_pairs_the_kept_scores_once_per_pair_of_settings(table, monkeypatch):
+def pair(module, ledger, shots=64):
+    return module.bootstrap_if_due(ledger, f"{shots}|0", f"explainrec|{shots}|0", f"tallrec|{shots}|0", 50, 0)
+
+
+def test_the_bootstrap_pairs_the_kept_scores_once_per_pair_of_runs(table, monkeypatch):
     module, args, calls, digests = table
     ledger = module.load_ledger(args)
     module.measure(args, None, ledger, "explainrec", 64, 0)
-    module.bootstrap_if_due(args, ledger, 64, 0)
-    assert ledger["bootstrap"] == {}  # TALLRec not measured yet
+    assert not pair(module, ledger) and ledger["bootstrap"] == {}  # TALLRec not measured yet
     module.measure(args, None, ledger, "tallrec", 64, 0)
-    module.bootstrap_if_due(args, ledger, 64, 0)
+    assert pair(module, ledger)
     expected = module.paired_bootstrap(LABELS, SCORES["explainrec"], SCORES["tallrec"], 50, 0)
-    assert ledger["bootstrap"]["64|0"] == {**expected, "settings": ["e1", "t1"]}
+    first = ledger["bootstrap"]["64|0"]
+    assert {key: first[key] for key in expected} == expected
     paired = []
     monkeypatch.setattr(module, "paired_bootstrap", lambda *a: paired.append(a) or dict(expected))
-    module.bootstrap_if_due(args, ledger, 64, 0)
-    assert paired == []
+    assert not pair(module, ledger) and paired == []
     digests["explainrec"] = "e2"
     module.measure(args, None, ledger, "explainrec", 64, 0)
-    module.bootstrap_if_due(args, ledger, 64, 0)
-    assert len(paired) == 1 and ledger["bootstrap"]["64|0"]["settings"] == ["e2", "t1"]
+    assert pair(module, ledger) and len(paired) == 1 and ledger["bootstrap"]["64|0"]["runs"] != first["runs"]
 
 
 def test_an_entry_without_scores_is_reused_but_not_paired(table):
@@ -71,13 +73,23 @@ def test_an_entry_without_scores_is_reused_but_not_paired(table):
     ledger["runs"]["explainrec|64|0"] = {"auc": 0.61, "settings": "e1"}  # measured before scores were kept
     module.measure(args, None, ledger, "explainrec", 64, 0)
     module.measure(args, None, ledger, "tallrec", 64, 0)
-    module.bootstrap_if_due(args, ledger, 64, 0)
-    assert calls == ["tallrec"] and ledger["bootstrap"] == {}
+    assert not pair(module, ledger) and calls == ["tallrec"] and ledger["bootstrap"] == {}
 
 
-def test_scores_on_other_test_windows_are_refused(table):
+def test_runs_on_different_test_windows_are_not_paired(table):
     module, args, calls, digests = table
     ledger = module.load_ledger(args)
-    ledger["labels"] = LABELS[::-1]
-    with pytest.raises(RuntimeError, match="other test windows"):
-        module.measure(args, None, ledger, "tallrec", 16, 0)
+    module.measure(args, None, ledger, "explainrec", 64, 0)
+    module.record_run(ledger, "tallrec|64|0", LABELS[::-1], SCORES["tallrec"], "t1")
+    with pytest.raises(RuntimeError, match="different test windows"):
+        pair(module, ledger)
+
+
+def test_a_ledger_with_one_label_list_gives_it_to_each_run(table):
+    module, args, calls, digests = table
+    Path(args.out).with_suffix(".json").write_text(json.dumps({
+        "test_samples": 8, "labels": LABELS, "bootstrap": {},
+        "runs": {"tallrec|64|0": {"auc": 0.5, "settings": "t1", "scores": SCORES["tallrec"]},
+                 "explainrec|64|0": {"auc": 0.61, "settings": "e1"}}}))
+    ledger = module.load_ledger(args)
+    assert ledger["runs"]["tallrec|64|0"]["labels"] == LABELS and "labels" not in ledger["runs"]["explainrec|64|0"]
