@@ -44,7 +44,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table_preference import bootstrap_if_due, kept_notes, record_run  # noqa: E402  (the same machinery as Table 1's)
+from table_preference import bootstrap_if_due, kept_notes, record_run, write_ledger  # noqa: E402  (the same machinery as Table 1's)
 
 SCENARIOS = {"new_users": "cold-users", "new_items": "cold-items", "cross_domain": "windows"}
 NO_ADAPTATION = {"coldstart_adaptation_steps": 0}  # only the meta-learned system adapts to a new user's support set
@@ -178,20 +178,13 @@ def main() -> None:
                     continue
                 labels, scores = (baseline_scores if system in BASELINES else llm_scores)(args, scenario, system, seed)
                 record_run(ledger, key, labels, scores)
-                save(path, ledger)
+                write_ledger(path, ledger)
                 print(f"seed {seed}, {scenario}, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
             for other in ("tallrec", "content"):
                 if bootstrap_if_due(ledger, f"{scenario}|{other}|{seed}", f"{scenario}|{OURS}|{seed}",
                                     f"{scenario}|{other}|{seed}", args.bootstrap, seed):
-                    save(path, ledger)
+                    write_ledger(path, ledger)
     write_report(args, command, ledger)
-
-
-def save(path: Path, ledger: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    temporary.replace(path)
 
 
 def write_report(args, command: str, ledger: dict) -> None:

@@ -176,10 +176,21 @@ def load_ledger(args) -> dict:
 
 
 def save_ledger(args, ledger: dict) -> None:
-    path = ledger_path(args)
+    write_ledger(ledger_path(args), ledger)
+
+
+def write_ledger(path: Path, ledger: dict) -> None:
+    """``ledger`` as JSON, replaced atomically, one run or bootstrap per line (their score lists stay on it)."""
+    def field(name: str, value) -> str:
+        if name not in ("runs", "bootstrap") or not value:
+            return json.dumps(value, sort_keys=True)
+        rows = [f"  {json.dumps(key)}: {json.dumps(entry, sort_keys=True)}" for key, entry in sorted(value.items())]
+        return "{\n" + ",\n".join(rows) + "\n }"
+
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    text = "{\n" + ",\n".join(f" {json.dumps(name)}: {field(name, value)}" for name, value in sorted(ledger.items()))
+    temporary.write_text(text + "\n}\n", encoding="utf-8")
     temporary.replace(path)
 
 

@@ -61,6 +61,12 @@ def checkpoints(out_dir: Path) -> List[Checkpoint]:
     return sorted(found, key=lambda checkpoint: checkpoint.order)
 
 
+def remove_checkpoints(out_dir: Path) -> None:
+    """Every checkpoint in ``out_dir`` (a forced restart, or a training that has written its result)."""
+    for checkpoint in checkpoints(out_dir):
+        shutil.rmtree(checkpoint.folder, ignore_errors=True)
+
+
 def latest_checkpoint(out_dir: Path, resume_hash: str, epochs: int) -> Optional[Checkpoint]:
     """The latest checkpoint written from these inputs, within the first ``epochs`` epochs."""
     found = [checkpoint for checkpoint in checkpoints(out_dir)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from recbole_mmprefer.explainer.checkpoints import (
     diverged,
     latest_checkpoint,
     read_checkpoint,
+    remove_checkpoints,
     restore_random_state,
     save_adapter,
     write_checkpoint,
@@ -231,8 +231,7 @@ class TrainingRun:
     def resume(self, force: bool) -> None:
         """Continue after the latest checkpoint of these inputs (``force``: remove every checkpoint instead)."""
         if force:
-            for folder in self.out_dir.glob("checkpoint-epoch*"):
-                shutil.rmtree(folder, ignore_errors=True)
+            remove_checkpoints(self.out_dir)
         found = None if force else latest_checkpoint(self.out_dir, self.resume_hash, self.training.epochs)
         if found is not None:
             state = read_checkpoint(found, self.unwrapped, self.optimizer)

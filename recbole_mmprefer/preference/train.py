@@ -9,15 +9,15 @@ bfloat16 autocast where ``preference_bf16`` (auto: where the CPU has it).
 While it trains, the folder holds a checkpoint after each epoch and every
 ``preference_checkpoint_steps`` steps (LoRA and fusion weights, optimizer
 and random state); a rerun with the same inputs resumes from the latest and
-takes the steps it would have taken. When it ends, the folder gets ``adapter.safetensors`` (the LoRA weights), its
-``preference_config.json`` and, last, ``meta.json`` (input hash, losses); a
-rerun with the same inputs is skipped.
+takes the steps it would have taken. When it ends, the folder gets
+``adapter.safetensors`` (the LoRA weights), its ``preference_config.json`` and,
+last, ``meta.json`` (input hash, losses); a rerun with the same inputs is
+skipped.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -31,9 +31,9 @@ from recbole_mmprefer.artifacts import ARTIFACTS, is_fresh_at, write_meta
 from recbole_mmprefer.data.preferences import WINDOWS, few_shot, read_preferences
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.explainer.checkpoints import (
-    checkpoints,
     latest_checkpoint,
     read_checkpoint,
+    remove_checkpoints,
     restore_random_state,
     write_checkpoint,
 )
@@ -118,11 +118,6 @@ def resume_hash(inputs: dict) -> str:
     """The inputs without the epoch count: a run asked for more epochs continues after the last checkpoint."""
     training = {key: value for key, value in inputs["training"].items() if key != "preference_epochs"}
     return json_sha256({**inputs, "training": training})
-
-
-def remove_checkpoints(out_dir: Path) -> None:
-    for checkpoint in checkpoints(out_dir):
-        shutil.rmtree(checkpoint.folder, ignore_errors=True)
 
 
 def model_name(settings: PreferenceModelConfig, shots: Optional[int]) -> str:
