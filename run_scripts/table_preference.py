@@ -43,6 +43,9 @@ LLM_SYSTEMS = {
     "no_multimodal": ("ExplainRec w/o multimodal", {"preference_system": "explainrec",
                                                     "explainrec_multimodal": False}),
     "no_multitask": ("ExplainRec w/o multi-task", {"preference_system": "explainrec", "explainrec_multitask": False}),
+    # all three off: TALLRec's prompt through ExplainRec's code, trained on L_pred alone (the shared path's check)
+    "bare": ("ExplainRec w/o all three", {"preference_system": "explainrec", "explainrec_attribution": False,
+                                          "explainrec_multimodal": False, "explainrec_multitask": False}),
 }
 CONVENTIONAL = ("SASRec", "GRU4Rec")
 ZERO_SHOT = {"zero_shot": "tallrec", "zero_shot_explainrec": "explainrec"}  # the frozen LLM, with each prompt
