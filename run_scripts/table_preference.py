@@ -46,7 +46,26 @@ LLM_SYSTEMS = {
     # all three off: TALLRec's prompt through ExplainRec's code, trained on L_pred alone (the shared path's check)
     "bare": ("ExplainRec w/o all three", {"preference_system": "explainrec", "explainrec_attribution": False,
                                           "explainrec_multimodal": False, "explainrec_multitask": False}),
+    # one component at a time on that base
+    "only_attribution": ("ExplainRec, attribution only", {"preference_system": "explainrec",
+                                                          "explainrec_multimodal": False,
+                                                          "explainrec_multitask": False}),
+    "only_multimodal": ("ExplainRec, multimodal only", {"preference_system": "explainrec",
+                                                        "explainrec_attribution": False,
+                                                        "explainrec_multitask": False}),
+    "only_multitask": ("ExplainRec, multi-task only", {"preference_system": "explainrec",
+                                                       "explainrec_attribution": False,
+                                                       "explainrec_multimodal": False}),
+    "neutral": ("ExplainRec, neutral soft-token start", {"preference_system": "explainrec",
+                                                         "explainrec_soft_prompt_start": "neutral"}),
+    "only_multimodal_neutral": ("ExplainRec, multimodal only, neutral start", {
+        "preference_system": "explainrec", "explainrec_attribution": False, "explainrec_multitask": False,
+        "explainrec_soft_prompt_start": "neutral"}),
 }
+# Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
+# keep that value, so that earlier runs stay valid.
+LATER_SETTINGS = {"explainrec_soft_prompt_start": "random"}
+MAIN_SYSTEMS = ("tallrec", "explainrec", "no_attribution", "no_summary", "no_multimodal", "no_multitask")
 CONVENTIONAL = ("SASRec", "GRU4Rec")
 ZERO_SHOT = {"zero_shot": "tallrec", "zero_shot_explainrec": "explainrec"}  # the frozen LLM, with each prompt
 
@@ -56,7 +75,7 @@ def parse_arguments() -> Tuple[argparse.Namespace, str]:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--shots", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--systems", nargs="+", default=["zero_shot", *LLM_SYSTEMS, *CONVENTIONAL],
+    parser.add_argument("--systems", nargs="+", default=["zero_shot", *MAIN_SYSTEMS, *CONVENTIONAL],
                         choices=[*ZERO_SHOT, *LLM_SYSTEMS, *CONVENTIONAL])
     parser.add_argument("--test_samples", type=int, default=1000)
     parser.add_argument("--conventional_epochs", type=int, default=50)
@@ -89,7 +108,9 @@ def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
     if system in CONVENTIONAL:
         return json_sha256({"model": system, "shots": shots, "seed": seed, "epochs": args.conventional_epochs})
     stage = system_config(args, system, shots, seed)
-    return json_sha256({"model": PreferenceModelConfig.from_config(stage).to_config(),
+    model = {key: value for key, value in PreferenceModelConfig.from_config(stage).to_config().items()
+             if LATER_SETTINGS.get(key, object()) != value}
+    return json_sha256({"model": model,
                         "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
                         "shots": shots, "seed": seed})
 

@@ -44,6 +44,23 @@ def test_fusion_weights_sum_to_one_and_ignore_an_absent_modality():
     assert all(torch.isfinite(p.grad).all() for p in fusion.parameters() if p.grad is not None)
 
 
+def test_a_neutral_start_gives_every_item_the_neutral_token_and_learns_from_the_features(tmp_path):
+    model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama"),
+                                               explainrec_soft_prompt_start="neutral"), item_features=item_features())
+    mean = model.llm.get_input_embeddings().weight.float().mean(dim=0)
+    features, present = model.item_features.batch(["i9", "i1", "i2"])
+    tokens, _ = model.fusion(features, present)
+    assert torch.allclose(tokens, mean.expand_as(tokens))  # equal for every item: no noise, no item signal yet
+    other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0}
+    batch = batch_of(model, [SAMPLE, other])
+    model.task_losses(batch, batch["features"])["pred"].backward()
+    assert model.fusion.to_tokens.weight.grad.abs().sum() > 0 and model.fusion.neutral.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    random = ModalityFusion({"text": 4, "image": 3}, hidden=8, soft_tokens=2, llm_hidden=6)
+    random.start_at(torch.ones(6))  # a no-op on the random start
+    assert random.neutral is None and random.to_tokens.weight.abs().sum() > 0
+
+
 def test_feature_rows_mark_items_a_modality_lacks():
     features = ModalityFeatures({"text": np.eye(3), "image": np.ones((1, 2))}, {"text": ["a", "b", "c"],
                                                                                 "image": ["b"]})

@@ -95,3 +95,19 @@ def test_a_ledger_with_one_label_list_gives_it_to_each_run(table):
                  "explainrec|64|0": {"auc": 0.61, "settings": "e1"}}}))
     ledger = module.load_ledger(args)
     assert ledger["runs"]["tallrec|64|0"]["labels"] == LABELS and "labels" not in ledger["runs"]["explainrec|64|0"]
+
+
+def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_alone(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "run_scripts"))
+    import table_preference
+    from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
+    from recbole_mmprefer.utils import json_sha256
+
+    args = argparse.Namespace(dataset="ml-100k")
+    stage = table_preference.system_config(args, "explainrec", 64, 0)
+    keys = PreferenceModelConfig.from_config(stage).to_config()
+    assert keys.pop("explainrec_soft_prompt_start") == "random"
+    before = json_sha256({"model": keys, "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
+                          "shots": 64, "seed": 0})  # the digest of a run made before the setting existed
+    assert table_preference.settings_fingerprint(args, "explainrec", 64, 0) == before
+    assert table_preference.settings_fingerprint(args, "neutral", 64, 0) != before

@@ -5,7 +5,8 @@
 the history summary (``The user liked 7 of these 10 movies.``) under
 ``explainrec_history_summary``, the target's genres, and ``explainrec_soft_tokens`` soft tokens of the target's
 fused modality features (:mod:`.fusion`) after its title under
-``explainrec_multimodal``.
+``explainrec_multimodal`` (``explainrec_soft_prompt_start``: a random projection, or a
+neutral token the projection is added to, which starts at zero).
 
 **Answer.** ``Yes.`` / ``No.``, then (attribution, whose instruction,
 ``explainrec_instruction``, asks for it) `` Reason: <reference reason>`` and
@@ -215,7 +216,9 @@ class ExplainRecModel(PreferenceModel):
 
             if item_features is None:
                 raise InputError("explainrec_multimodal needs the item features (the feature store)")
-            self.fusion = ModalityFusion(item_features.dims, explainrec.fusion_hidden, explainrec.soft_tokens, hidden)
+            self.fusion = ModalityFusion(item_features.dims, explainrec.fusion_hidden, explainrec.soft_tokens, hidden,
+                                         start=explainrec.soft_prompt_start)
+            self.fusion.start_at(self.llm.get_input_embeddings().weight.float().mean(dim=0))
         self.item_features = item_features  # a ModalityFeatures (not a module: no weights)
         self.rating_head = nn.Linear(hidden, 1) if explainrec.multitask else None
         if self.rating_head is not None:  # predicts the centred rating 0 at first: a small loss whatever the stars

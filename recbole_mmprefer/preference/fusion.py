@@ -7,6 +7,12 @@ softmax_m(q . h_m) over the modalities the item *has* (an absent one, e.g. an
 item without an image, is masked out) mix them into one vector, which a linear
 map turns into ``explainrec_soft_tokens`` tokens of the LLM's embedding width.
 The weights are returned with the tokens so that training can log them.
+
+With ``start="neutral"`` (``explainrec_soft_prompt_start``) the tokens are a
+learned neutral token (set by :meth:`ModalityFusion.start_at`, e.g. to the
+LLM's mean input embedding) plus that map, whose weights start at zero: every
+item's tokens start equal and carry no noise, and the map's gradient is not
+zero, so the features enter as tuning finds them useful.
 """
 
 from __future__ import annotations
@@ -67,13 +73,25 @@ class ModalityFeatures:
 class ModalityFusion(nn.Module):
     """Attention over an item's modalities, into soft prompt tokens (see the module docstring)."""
 
-    def __init__(self, dims: Dict[str, int], hidden: int, soft_tokens: int, llm_hidden: int):
+    def __init__(self, dims: Dict[str, int], hidden: int, soft_tokens: int, llm_hidden: int,
+                 start: str = "random"):
         super().__init__()
         self.modalities = list(dims)
         self.projections = nn.ModuleDict({m: nn.Linear(dim, hidden) for m, dim in dims.items()})
         self.query = nn.Parameter(torch.randn(hidden) / hidden ** 0.5)
         self.soft_tokens, self.llm_hidden = int(soft_tokens), int(llm_hidden)
         self.to_tokens = nn.Linear(hidden, self.soft_tokens * self.llm_hidden)
+        self.neutral = None
+        if start == "neutral":
+            nn.init.zeros_(self.to_tokens.weight)
+            nn.init.zeros_(self.to_tokens.bias)
+            self.neutral = nn.Parameter(torch.zeros(self.soft_tokens, self.llm_hidden))
+
+    def start_at(self, token_embedding: Tensor) -> None:
+        """Set the neutral token (``start="neutral"``; nothing otherwise)."""
+        if self.neutral is not None:
+            with torch.no_grad():
+                self.neutral.copy_(token_embedding.detach().to(self.neutral.dtype).expand_as(self.neutral))
 
     def forward(self, features: Dict[str, Tensor], present: Tensor) -> Tuple[Tensor, Tensor]:
         """([batch, soft_tokens, llm_hidden] tokens, [batch, modalities] weights; 0 where absent)."""
@@ -86,4 +104,4 @@ class ModalityFusion(nn.Module):
         weights = torch.softmax(scores, dim=-1) * (~none)
         fused = (weights.unsqueeze(-1) * hidden).sum(dim=1)
         tokens = self.to_tokens(fused).view(-1, self.soft_tokens, self.llm_hidden)
-        return tokens, weights
+        return (tokens if self.neutral is None else tokens + self.neutral), weights

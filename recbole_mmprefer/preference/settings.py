@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from recbole_mmprefer.errors import InputError
-from recbole_mmprefer.explainer.settings import LlmSettings, LoraSettings, check_bf16
+from recbole_mmprefer.explainer.settings import SOFT_PROMPT_STARTS, LlmSettings, LoraSettings, check_bf16
 from recbole_mmprefer.resources import stage_setting
 from recbole_mmprefer.settings import (
     StageSettings,
@@ -111,6 +111,7 @@ class ExplainRecSettings(StageSettings):
     multitask: bool
     soft_tokens: int
     fusion_hidden: int
+    soft_prompt_start: str
     task_weighting: str
     pred_weight: float
     reason_weight: float
@@ -128,6 +129,8 @@ class ExplainRecSettings(StageSettings):
             setattr(self, name, check_bool(self.key(name), getattr(self, name)))
         self.soft_tokens = check_int("explainrec_soft_tokens", self.soft_tokens, 1)
         self.fusion_hidden = check_int("explainrec_fusion_hidden", self.fusion_hidden, 1)
+        self.soft_prompt_start = check_choice("explainrec_soft_prompt_start", self.soft_prompt_start,
+                                              SOFT_PROMPT_STARTS)
         self.task_weighting = check_choice("explainrec_task_weighting", self.task_weighting, WEIGHTINGS)
         for task in TASKS:
             setattr(self, f"{task}_weight", check_float(self.key(f"{task}_weight"), getattr(self, f"{task}_weight"),
