@@ -100,6 +100,7 @@ def test_a_ledger_with_one_label_list_gives_it_to_each_run(table):
 def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_alone(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "run_scripts"))
     import table_preference
+
     from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
     from recbole_mmprefer.utils import json_sha256
 
