@@ -61,10 +61,18 @@ LLM_SYSTEMS = {
     "only_multimodal_neutral": ("ExplainRec, multimodal only, neutral start", {
         "preference_system": "explainrec", "explainrec_attribution": False, "explainrec_multitask": False,
         "explainrec_soft_prompt_start": "neutral"}),
+    "only_multitask_margin": ("ExplainRec, multi-task only, margin rating head", {
+        "preference_system": "explainrec", "explainrec_attribution": False, "explainrec_multimodal": False,
+        "explainrec_rating_head": "margin"}),
+    "no_multitask_neutral": ("ExplainRec w/o multi-task, neutral start", {
+        "preference_system": "explainrec", "explainrec_multitask": False, "explainrec_soft_prompt_start": "neutral"}),
+    "neutral_margin": ("ExplainRec, neutral start, margin rating head", {
+        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
+        "explainrec_rating_head": "margin"}),
 }
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
 # keep that value, so that earlier runs stay valid.
-LATER_SETTINGS = {"explainrec_soft_prompt_start": "random"}
+LATER_SETTINGS = {"explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear"}
 MAIN_SYSTEMS = ("tallrec", "explainrec", "no_attribution", "no_summary", "no_multimodal", "no_multitask")
 CONVENTIONAL = ("SASRec", "GRU4Rec")
 ZERO_SHOT = {"zero_shot": "tallrec", "zero_shot_explainrec": "explainrec"}  # the frozen LLM, with each prompt

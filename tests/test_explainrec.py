@@ -153,6 +153,24 @@ def test_each_loss_reaches_its_own_parameters(tmp_path):
     assert model.explainrec.rating_center == 3.0
 
 
+def test_the_margin_rating_head_grades_the_yes_no_margin(tmp_path):
+    settings = settings_for(write_answer_llama(tmp_path / "llama"), explainrec_rating_head="margin",
+                            explainrec_attribution=False, explainrec_multimodal=False)
+    model = ExplainRecModel.build(settings)
+    other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0}
+    batch = batch_of(model, [SAMPLE, other])
+    logits, _, _, _ = model.full_sequence_pass(batch)
+    margin = (logits[:, 0] - logits[:, 1]).detach()
+    # a = 1, b = 0 at first: the predicted centred rating is the margin itself
+    expected = ((margin - torch.tensor([1.0, -1.0])) ** 2).mean()
+    assert float(model.task_losses(batch)["rating"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    model.zero_grad()
+    model.task_losses(batch)["rating"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.rating_head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    assert model.rating_head.weight.shape == (1, 1)
+
+
 def test_the_shared_prompt_pass_gives_the_same_losses_and_gradients(tmp_path):
     model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama")), item_features=item_features())
     other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0,

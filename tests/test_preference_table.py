@@ -107,8 +107,9 @@ def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_alone(monkeypa
     args = argparse.Namespace(dataset="ml-100k")
     stage = table_preference.system_config(args, "explainrec", 64, 0)
     keys = PreferenceModelConfig.from_config(stage).to_config()
-    assert keys.pop("explainrec_soft_prompt_start") == "random"
+    assert keys.pop("explainrec_soft_prompt_start") == "random" and keys.pop("explainrec_rating_head") == "linear"
     before = json_sha256({"model": keys, "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
                           "shots": 64, "seed": 0})  # the digest of a run made before the setting existed
     assert table_preference.settings_fingerprint(args, "explainrec", 64, 0) == before
     assert table_preference.settings_fingerprint(args, "neutral", 64, 0) != before
+    assert table_preference.settings_fingerprint(args, "neutral_margin", 64, 0) != before

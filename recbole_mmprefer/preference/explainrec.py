@@ -23,13 +23,16 @@ EOS. P(Yes) is read at the first answer token exactly as for TALLRec.
   L_consistency = KL(q || p), p the predicted (Yes, No) distribution. It is
   low when the answer the model gives is the one under which its reason is the
   more likely, and its gradient reaches both the answer and the reason;
-* ``L_rating`` (multi-task): squared error of a linear head on the hidden
-  state at the first answer token against the target's rating (where known)
-  minus ``explainrec_rating_center`` (the like threshold by default). Raw
-  stars (1-5) against a fresh head gave a loss ~10x L_pred whose gradient
-  moved the answer position's state along a direction unrelated to Yes/No;
-  centred, the target is small and its sign is the label's, and the head
-  starts at zero.
+* ``L_rating`` (multi-task): squared error of the rating head against the
+  target's rating (where known) minus ``explainrec_rating_center`` (the like
+  threshold by default). ``explainrec_rating_head: linear`` reads the hidden
+  state at the first answer token through a linear map that starts at zero:
+  raw stars against such a head gave a loss ~10x L_pred whose gradient moved
+  the answer position's state along a direction unrelated to Yes/No (centred,
+  the target is small and its sign is the label's). ``margin`` grades the
+  quantity that is scored instead: the rating is a*(logit_Yes - logit_No) + b,
+  a = 1 and b = 0 at first, so the rating task asks for a margin as large as
+  the stars are far from the threshold, along the Yes/No direction itself.
 
 **Task weights.** ``explainrec_task_weighting: uncertainty`` learns one
 log-variance s_t per task (Kendall et al., 2018): L = sum_t exp(-s_t) L_t +
@@ -200,6 +203,18 @@ def collate_shared_prompt(examples: Sequence[ExplainRecExample], pad_id: int) ->
 # -- the model -------------------------------------------------------------------------------------------
 
 
+def rating_head(kind: str, hidden: int) -> nn.Linear:
+    """The rating head: over the answer state (``linear``, starting at zero: it predicts the centred rating 0
+    whatever the stars) or over the Yes/No margin (``margin``, starting as the identity)."""
+    head = nn.Linear(hidden if kind == "linear" else 1, 1)
+    nn.init.zeros_(head.bias)
+    if kind == "linear":
+        nn.init.zeros_(head.weight)
+    else:
+        nn.init.ones_(head.weight)
+    return head
+
+
 class ExplainRecModel(PreferenceModel):
     """TALLRec's model plus the fusion soft prompt, a rating head and learned task weights."""
 
@@ -220,10 +235,7 @@ class ExplainRecModel(PreferenceModel):
                                          start=explainrec.soft_prompt_start)
             self.fusion.start_at(self.llm.get_input_embeddings().weight.float().mean(dim=0))
         self.item_features = item_features  # a ModalityFeatures (not a module: no weights)
-        self.rating_head = nn.Linear(hidden, 1) if explainrec.multitask else None
-        if self.rating_head is not None:  # predicts the centred rating 0 at first: a small loss whatever the stars
-            nn.init.zeros_(self.rating_head.weight)
-            nn.init.zeros_(self.rating_head.bias)
+        self.rating_head = rating_head(explainrec.rating_head, hidden) if explainrec.multitask else None
         self.log_variances = nn.Parameter(torch.zeros(len(explainrec.tasks))) if explainrec.adaptive else None
         self.to(self.device)
         self.last_modality_weights: Optional[Tensor] = None
@@ -313,7 +325,8 @@ class ExplainRecModel(PreferenceModel):
         if self.rating_head is not None:
             ratings = batch["rating"].to(self.device)[true] - float(self.explainrec.rating_center or 0.0)
             known = ~torch.isnan(ratings)
-            predicted = self.rating_head(answer_rows.float()).squeeze(-1)
+            read = logits[:, :1] - logits[:, 1:] if self.explainrec.rating_head == "margin" else answer_rows.float()
+            predicted = self.rating_head(read).squeeze(-1)
             losses["rating"] = (((predicted - ratings) ** 2)[known].mean() if known.any()
                                 else predicted.sum() * 0.0)
         return losses

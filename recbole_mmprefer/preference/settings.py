@@ -28,6 +28,7 @@ from recbole_mmprefer.settings import (
 CONFIG_FILE = "preference_config.json"
 SYSTEMS = ("tallrec", "explainrec")
 WEIGHTINGS = ("uncertainty", "fixed")
+RATING_HEADS = ("linear", "margin")
 TASKS = ("pred", "reason", "consistency", "rating")
 
 
@@ -118,6 +119,7 @@ class ExplainRecSettings(StageSettings):
     consistency_weight: float
     rating_weight: float
     rating_center: Optional[float]
+    rating_head: str
 
     def __post_init__(self):
         if self.rating_center is not None:
@@ -132,6 +134,7 @@ class ExplainRecSettings(StageSettings):
         self.soft_prompt_start = check_choice("explainrec_soft_prompt_start", self.soft_prompt_start,
                                               SOFT_PROMPT_STARTS)
         self.task_weighting = check_choice("explainrec_task_weighting", self.task_weighting, WEIGHTINGS)
+        self.rating_head = check_choice("explainrec_rating_head", self.rating_head, RATING_HEADS)
         for task in TASKS:
             setattr(self, f"{task}_weight", check_float(self.key(f"{task}_weight"), getattr(self, f"{task}_weight"),
                                                         0.0))
