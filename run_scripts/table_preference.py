@@ -69,6 +69,12 @@ LLM_SYSTEMS = {
     "neutral_margin": ("ExplainRec, neutral start, margin rating head", {
         "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
         "explainrec_rating_head": "margin"}),
+    "only_multitask_margin_fixed": ("ExplainRec, multi-task only, margin rating head, fixed weights", {
+        "preference_system": "explainrec", "explainrec_attribution": False, "explainrec_multimodal": False,
+        "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed"}),
+    "neutral_margin_fixed": ("ExplainRec, neutral start, margin rating head, fixed weights", {
+        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
+        "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed"}),
 }
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
 # keep that value, so that earlier runs stay valid.
