@@ -79,6 +79,9 @@ LLM_SYSTEMS = {
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
 # keep that value, so that earlier runs stay valid.
 LATER_SETTINGS = {"explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear"}
+# ... and where the switch they act under is off, whatever their value
+LATER_SETTINGS_UNDER = {"explainrec_soft_prompt_start": "explainrec_multimodal",
+                        "explainrec_rating_head": "explainrec_multitask"}
 MAIN_SYSTEMS = ("tallrec", "explainrec", "no_attribution", "no_summary", "no_multimodal", "no_multitask")
 CONVENTIONAL = ("SASRec", "GRU4Rec")
 ZERO_SHOT = {"zero_shot": "tallrec", "zero_shot_explainrec": "explainrec"}  # the frozen LLM, with each prompt
@@ -122,11 +125,19 @@ def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
     if system in CONVENTIONAL:
         return json_sha256({"model": system, "shots": shots, "seed": seed, "epochs": args.conventional_epochs})
     stage = system_config(args, system, shots, seed)
-    model = {key: value for key, value in PreferenceModelConfig.from_config(stage).to_config().items()
-             if LATER_SETTINGS.get(key, object()) != value}
+    keys = PreferenceModelConfig.from_config(stage).to_config()
+    model = {key: value for key, value in keys.items() if not left_out_of_digest(keys, key)}
     return json_sha256({"model": model,
                         "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
                         "shots": shots, "seed": seed})
+
+
+def left_out_of_digest(keys: Dict[str, object], key: str) -> bool:
+    """Whether a setting added after the ledger began stays out of a run's digest: at the value every earlier
+    run had, or inert (its switch off)."""
+    if key not in LATER_SETTINGS:
+        return False
+    return keys[key] == LATER_SETTINGS[key] or not keys.get(LATER_SETTINGS_UNDER.get(key), True)
 
 
 def llm_scores(args, config, system: str, shots: int, seed: int) -> Tuple[List[int], List[float]]:
@@ -258,6 +269,13 @@ def measure(args, config, ledger: dict, system: str, shots: int, seed: int) -> N
     key = f"{system}|{shots}|{seed}"
     fingerprint = settings_fingerprint(args, system, shots, seed)
     if key in ledger["runs"] and ledger["runs"][key].get("settings", fingerprint) == fingerprint:
+        return
+    same = next((other for other, run in ledger["runs"].items() if run.get("settings") == fingerprint), None)
+    if same is not None:  # another name for the same settings (a diagnostic that a default has since become)
+        ledger["runs"][key] = dict(ledger["runs"][same])
+        save_ledger(args, ledger)
+        print(f"seed {seed}, {shots} shots, {system}: the settings of {same}, AUC {ledger['runs'][key]['auc']:.4f}",
+              flush=True)
         return
     if system in CONVENTIONAL:
         labels, scores = conventional_scores(args, system, shots, seed)

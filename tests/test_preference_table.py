@@ -47,6 +47,17 @@ def test_scores_are_kept_and_a_run_with_the_same_settings_is_reused(table):
     assert calls == ["tallrec", "tallrec"]
 
 
+def test_a_system_with_the_settings_of_a_measured_run_takes_its_scores(table):
+    module, args, calls, digests = table
+    ledger = module.load_ledger(args)
+    module.measure(args, None, ledger, "tallrec", 16, 0)
+    digests["explainrec"] = "t1"  # e.g. a diagnostic's settings that have become ExplainRec's defaults
+    module.measure(args, None, ledger, "explainrec", 16, 0)
+    assert calls == ["tallrec"] and ledger["runs"]["explainrec|16|0"]["scores"] == SCORES["tallrec"]
+    saved = json.loads(Path(args.out).with_suffix(".json").read_text())["runs"]
+    assert saved["explainrec|16|0"] == saved["tallrec|16|0"]
+
+
 def pair(module, ledger, shots=64):
     return module.bootstrap_if_due(ledger, f"{shots}|0", f"explainrec|{shots}|0", f"tallrec|{shots}|0", 50, 0)
 
@@ -113,3 +124,9 @@ def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_alone(monkeypa
     assert table_preference.settings_fingerprint(args, "explainrec", 64, 0) == before
     assert table_preference.settings_fingerprint(args, "neutral", 64, 0) != before
     assert table_preference.settings_fingerprint(args, "neutral_margin", 64, 0) != before
+    # a later setting whose switch is off stays out, whatever its value
+    keys = {"explainrec_multimodal": False, "explainrec_soft_prompt_start": "neutral",
+            "explainrec_multitask": True, "explainrec_rating_head": "margin"}
+    assert table_preference.left_out_of_digest(keys, "explainrec_soft_prompt_start")
+    assert not table_preference.left_out_of_digest(keys, "explainrec_rating_head")
+    assert not table_preference.left_out_of_digest(keys, "explainrec_multimodal")
