@@ -79,9 +79,11 @@ LLM_SYSTEMS = {
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
 # keep that value, so that earlier runs stay valid.
 LATER_SETTINGS = {"explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear"}
-# ... and where the switch they act under is off, whatever their value
-LATER_SETTINGS_UNDER = {"explainrec_soft_prompt_start": "explainrec_multimodal",
-                        "explainrec_rating_head": "explainrec_multitask"}
+# Settings that act only under a switch: with the switch off they are digested at one value (the one every
+# earlier run had), whatever they are set to.
+INERT_UNLESS = {"explainrec_soft_prompt_start": ("explainrec_multimodal", "random"),
+                "explainrec_rating_head": ("explainrec_multitask", "linear"),
+                "explainrec_task_weighting": ("explainrec_multitask", "uncertainty")}
 MAIN_SYSTEMS = ("tallrec", "explainrec", "no_attribution", "no_summary", "no_multimodal", "no_multitask")
 CONVENTIONAL = ("SASRec", "GRU4Rec")
 ZERO_SHOT = {"zero_shot": "tallrec", "zero_shot_explainrec": "explainrec"}  # the frozen LLM, with each prompt
@@ -125,19 +127,20 @@ def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
     if system in CONVENTIONAL:
         return json_sha256({"model": system, "shots": shots, "seed": seed, "epochs": args.conventional_epochs})
     stage = system_config(args, system, shots, seed)
-    keys = PreferenceModelConfig.from_config(stage).to_config()
-    model = {key: value for key, value in keys.items() if not left_out_of_digest(keys, key)}
+    model = digested_settings(PreferenceModelConfig.from_config(stage).to_config())
     return json_sha256({"model": model,
                         "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
                         "shots": shots, "seed": seed})
 
 
-def left_out_of_digest(keys: Dict[str, object], key: str) -> bool:
-    """Whether a setting added after the ledger began stays out of a run's digest: at the value every earlier
-    run had, or inert (its switch off)."""
-    if key not in LATER_SETTINGS:
-        return False
-    return keys[key] == LATER_SETTINGS[key] or not keys.get(LATER_SETTINGS_UNDER.get(key), True)
+def digested_settings(keys: Dict[str, object]) -> Dict[str, object]:
+    """The settings a run's digest holds: inert ones at their fixed value, and later ones left out at the value
+    every earlier run had (so that earlier runs keep their digests)."""
+    keys = dict(keys)
+    for key, (switch, value) in INERT_UNLESS.items():
+        if key in keys and not keys.get(switch, True):
+            keys[key] = value
+    return {key: value for key, value in keys.items() if LATER_SETTINGS.get(key, object()) != value}
 
 
 def llm_scores(args, config, system: str, shots: int, seed: int) -> Tuple[List[int], List[float]]:

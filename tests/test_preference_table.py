@@ -124,9 +124,10 @@ def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_alone(monkeypa
     assert table_preference.settings_fingerprint(args, "explainrec", 64, 0) == before
     assert table_preference.settings_fingerprint(args, "neutral", 64, 0) != before
     assert table_preference.settings_fingerprint(args, "neutral_margin", 64, 0) != before
-    # a later setting whose switch is off stays out, whatever its value
-    keys = {"explainrec_multimodal": False, "explainrec_soft_prompt_start": "neutral",
-            "explainrec_multitask": True, "explainrec_rating_head": "margin"}
-    assert table_preference.left_out_of_digest(keys, "explainrec_soft_prompt_start")
-    assert not table_preference.left_out_of_digest(keys, "explainrec_rating_head")
-    assert not table_preference.left_out_of_digest(keys, "explainrec_multimodal")
+    # a setting whose switch is off is digested at one value, whatever it is set to
+    off = {"explainrec_multimodal": False, "explainrec_soft_prompt_start": "neutral",
+           "explainrec_multitask": False, "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed"}
+    assert table_preference.digested_settings(off) == {"explainrec_multimodal": False, "explainrec_multitask": False,
+                                                       "explainrec_task_weighting": "uncertainty"}
+    on = {**off, "explainrec_multimodal": True, "explainrec_multitask": True}
+    assert table_preference.digested_settings(on) == on
