@@ -354,7 +354,8 @@ def write_report(args, command: str, ledger: dict) -> None:
             lines.append(f"| {shots} | {seed} | {test['difference']:+.4f} | [{test['low']:+.4f}, "
                          f"{test['high']:+.4f}] | {test['p_not_better']:.3f} |")
     figure, axis = plt.subplots(figsize=(6, 4))
-    for system, by_shots in results.items():
+    curves = {system: by_shots for system, by_shots in results.items() if len(by_shots) > 1}
+    for system, by_shots in curves.items():
         shots = sorted(by_shots)
         axis.errorbar(shots, [np.mean(by_shots[s]) for s in shots], yerr=[np.std(by_shots[s]) for s in shots],
                       marker="o", capsize=3, label=label_of(system))
@@ -364,7 +365,8 @@ def write_report(args, command: str, ledger: dict) -> None:
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out.with_suffix(".png"), dpi=100)
-    lines += ["", f"Figure: {out.with_suffix('.png').name}; every figure: {ledger_path(args).name}", "",
+    lines += ["", f"Figure (the systems measured at more than one shot count): {out.with_suffix('.png').name}; "
+              f"every figure: {ledger_path(args).name}", "",
               f"Command (last run): `{command}`", ""]
     notes = kept_notes(out)
     out.write_text("\n".join(lines) + notes, encoding="utf-8")
