@@ -75,6 +75,9 @@ LLM_SYSTEMS = {
     "neutral_margin_fixed": ("ExplainRec, neutral start, margin rating head, fixed weights", {
         "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
         "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed"}),
+    "neutral_margin_fixed_mid": ("ExplainRec, neutral start, margin rating head, fixed weights, rating centre 3.5", {
+        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
+        "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed", "explainrec_rating_center": 3.5}),
 }
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
 # keep that value, so that earlier runs stay valid.
