@@ -78,10 +78,14 @@ LLM_SYSTEMS = {
     "neutral_margin_fixed_mid": ("ExplainRec, neutral start, margin rating head, fixed weights, rating centre 3.5", {
         "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
         "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed", "explainrec_rating_center": 3.5}),
+    "neutral_ordinal_fixed": ("ExplainRec, neutral start, ordinal rating head, fixed weights", {
+        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
+        "explainrec_rating_head": "ordinal", "explainrec_task_weighting": "fixed"}),
 }
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
 # keep that value, so that earlier runs stay valid.
-LATER_SETTINGS = {"explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear"}
+LATER_SETTINGS = {"explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear",
+                  "explainrec_rating_levels": [1.0, 2.0, 3.0, 4.0, 5.0]}
 # Settings that act only under a switch: with the switch off they are digested at one value (the one every
 # earlier run had), whatever they are set to.
 INERT_UNLESS = {"explainrec_soft_prompt_start": ("explainrec_multimodal", "random"),

@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_preference_model import WORDS, write_answer_llama
 from test_preferences import write_rated_dataset
+from torch import nn
 
 from recbole_mmprefer.cli import main as mmprefer
 from recbole_mmprefer.errors import InputError
@@ -169,6 +170,44 @@ def test_the_margin_rating_head_grades_the_yes_no_margin(tmp_path):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.rating_head.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
     assert model.rating_head.weight.shape == (1, 1)
+
+
+def test_the_ordinal_rating_head_orders_the_stars_around_the_answer(tmp_path):
+    settings = settings_for(write_answer_llama(tmp_path / "llama"), explainrec_rating_head="ordinal",
+                            explainrec_attribution=False, explainrec_multimodal=False)
+    model = ExplainRecModel.build(settings)
+    other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0}
+    batch = batch_of(model, [SAMPLE, other])
+    logits, _, _, _ = model.full_sequence_pass(batch)
+    margin = (logits[:, 0] - logits[:, 1]).detach()
+    head = model.rating_head
+    cuts = head.cut_logits(margin).detach()
+    # cuts between 1|2, 2|3, 3|4, 4|5 start 2 apart; the one above the like threshold (3) is the answer's margin
+    assert head.like_cut == 2
+    assert torch.allclose(cuts, margin.unsqueeze(1) - torch.tensor([-4.0, -2.0, 0.0, 2.0]), atol=1e-5)
+    targets = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # ratings 4 and 2
+    expected = nn.functional.binary_cross_entropy_with_logits(cuts, targets)
+    assert float(model.task_losses(batch)["rating"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    model.zero_grad()
+    model.task_losses(batch)["rating"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    # a learned step never reorders the cuts, and the answer's cut stays the margin itself
+    with torch.no_grad():
+        head.steps_up.fill_(-30.0)
+        head.log_scale.fill_(1.0)
+    moved = head.cut_logits(margin).detach()
+    assert (moved[:, :-1] >= moved[:, 1:] - 1e-6).all()
+    assert torch.allclose(moved[:, 2], margin)
+
+
+def test_the_ordinal_rating_levels_must_surround_the_like_threshold(tmp_path):
+    llama = write_answer_llama(tmp_path / "llama")
+    with pytest.raises(InputError, match="explainrec_rating_levels"):
+        ExplainRecModel.build(settings_for(llama, explainrec_rating_head="ordinal", explainrec_multimodal=False,
+                                           explainrec_rating_levels=[4, 5]))
+    with pytest.raises(InputError, match="strictly ascending"):
+        settings_for(llama, explainrec_rating_head="ordinal", explainrec_rating_levels=[1, 3, 2])
 
 
 def test_the_shared_prompt_pass_gives_the_same_losses_and_gradients(tmp_path):

@@ -116,12 +116,15 @@ def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_alone(monkeypa
     from recbole_mmprefer.utils import json_sha256
 
     args = argparse.Namespace(dataset="ml-100k")
-    stage = table_preference.system_config(args, "explainrec", 64, 0)
+    # a run made before the later settings existed: they held the values every earlier run had
+    monkeypatch.setitem(table_preference.LLM_SYSTEMS, "earlier", (
+        "earlier", {"preference_system": "explainrec", **table_preference.LATER_SETTINGS}))
+    stage = table_preference.system_config(args, "earlier", 64, 0)
     keys = PreferenceModelConfig.from_config(stage).to_config()
-    assert keys.pop("explainrec_soft_prompt_start") == "random" and keys.pop("explainrec_rating_head") == "linear"
+    assert all(keys.pop(key) == value for key, value in table_preference.LATER_SETTINGS.items())
     before = json_sha256({"model": keys, "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
-                          "shots": 64, "seed": 0})  # the digest of a run made before the setting existed
-    assert table_preference.settings_fingerprint(args, "explainrec", 64, 0) == before
+                          "shots": 64, "seed": 0})  # its digest, without the later settings
+    assert table_preference.settings_fingerprint(args, "earlier", 64, 0) == before
     assert table_preference.settings_fingerprint(args, "neutral", 64, 0) != before
     assert table_preference.settings_fingerprint(args, "neutral_margin", 64, 0) != before
     # a setting whose switch is off is digested at one value, whatever it is set to

@@ -28,7 +28,7 @@ from recbole_mmprefer.settings import (
 CONFIG_FILE = "preference_config.json"
 SYSTEMS = ("tallrec", "explainrec")
 WEIGHTINGS = ("uncertainty", "fixed")
-RATING_HEADS = ("linear", "margin")
+RATING_HEADS = ("linear", "margin", "ordinal")
 TASKS = ("pred", "reason", "consistency", "rating")
 
 
@@ -120,6 +120,7 @@ class ExplainRecSettings(StageSettings):
     rating_weight: float
     rating_center: Optional[float]
     rating_head: str
+    rating_levels: List[float]
 
     def __post_init__(self):
         if self.rating_center is not None:
@@ -135,6 +136,7 @@ class ExplainRecSettings(StageSettings):
                                               SOFT_PROMPT_STARTS)
         self.task_weighting = check_choice("explainrec_task_weighting", self.task_weighting, WEIGHTINGS)
         self.rating_head = check_choice("explainrec_rating_head", self.rating_head, RATING_HEADS)
+        self.rating_levels = check_rating_levels(self.rating_levels)
         for task in TASKS:
             setattr(self, f"{task}_weight", check_float(self.key(f"{task}_weight"), getattr(self, f"{task}_weight"),
                                                         0.0))
@@ -148,6 +150,17 @@ class ExplainRecSettings(StageSettings):
     @property
     def adaptive(self) -> bool:
         return self.multitask and self.task_weighting == "uncertainty"
+
+
+def check_rating_levels(value) -> List[float]:
+    """``explainrec_rating_levels``: at least two distinct numbers, ascending."""
+    key = "explainrec_rating_levels"
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise InputError(f"{key} must be a list of at least two ratings (e.g. [1, 2, 3, 4, 5]), got {value!r}")
+    levels = [check_float(key, level) for level in value]
+    if any(later <= earlier for earlier, later in zip(levels, levels[1:])):
+        raise InputError(f"{key} must be strictly ascending, got {levels}")
+    return levels
 
 
 @dataclass
