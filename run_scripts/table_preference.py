@@ -33,55 +33,57 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+EXPLAINREC = {"preference_system": "explainrec"}
+# The defaults ExplainRec was first measured with (results/preference_ml-100k_6epochs_lr1e-3.md, sessions 9-13):
+# the diagnostic runs pin them, so that their digests hold whatever the defaults become.
+FIRST_DEFAULTS = {**EXPLAINREC, "explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear",
+                  "explainrec_task_weighting": "uncertainty"}
 LLM_SYSTEMS = {
     "tallrec": ("TALLRec", {"preference_system": "tallrec"}),
-    "explainrec": ("ExplainRec", {"preference_system": "explainrec"}),
-    "no_attribution": ("ExplainRec w/o attribution", {"preference_system": "explainrec",
-                                                      "explainrec_attribution": False}),
-    "no_summary": ("ExplainRec w/o history summary", {"preference_system": "explainrec",
-                                                      "explainrec_history_summary": False}),
-    "no_multimodal": ("ExplainRec w/o multimodal", {"preference_system": "explainrec",
-                                                    "explainrec_multimodal": False}),
-    "no_multitask": ("ExplainRec w/o multi-task", {"preference_system": "explainrec", "explainrec_multitask": False}),
+    "explainrec": ("ExplainRec", EXPLAINREC),
+    "no_attribution": ("ExplainRec w/o attribution", {**EXPLAINREC, "explainrec_attribution": False}),
+    "no_summary": ("ExplainRec w/o history summary", {**EXPLAINREC, "explainrec_history_summary": False}),
+    "no_multimodal": ("ExplainRec w/o multimodal", {**EXPLAINREC, "explainrec_multimodal": False}),
+    "no_multitask": ("ExplainRec w/o multi-task", {**EXPLAINREC, "explainrec_multitask": False}),
+}
+DIAGNOSTIC_SYSTEMS = {
+    "first_explainrec": ("ExplainRec, first defaults", FIRST_DEFAULTS),
+    "first_no_attribution": ("ExplainRec w/o attribution, first defaults",
+                             {**FIRST_DEFAULTS, "explainrec_attribution": False}),
+    "first_no_multimodal": ("ExplainRec w/o multimodal, first defaults",
+                            {**FIRST_DEFAULTS, "explainrec_multimodal": False}),
+    "first_no_multitask": ("ExplainRec w/o multi-task, first defaults",
+                           {**FIRST_DEFAULTS, "explainrec_multitask": False}),
     # all three off: TALLRec's prompt through ExplainRec's code, trained on L_pred alone (the shared path's check)
-    "bare": ("ExplainRec w/o all three", {"preference_system": "explainrec", "explainrec_attribution": False,
+    "bare": ("ExplainRec w/o all three", {**FIRST_DEFAULTS, "explainrec_attribution": False,
                                           "explainrec_multimodal": False, "explainrec_multitask": False}),
     # one component at a time on that base
-    "only_attribution": ("ExplainRec, attribution only", {"preference_system": "explainrec",
-                                                          "explainrec_multimodal": False,
+    "only_attribution": ("ExplainRec, attribution only", {**FIRST_DEFAULTS, "explainrec_multimodal": False,
                                                           "explainrec_multitask": False}),
-    "only_multimodal": ("ExplainRec, multimodal only", {"preference_system": "explainrec",
-                                                        "explainrec_attribution": False,
+    "only_multimodal": ("ExplainRec, multimodal only", {**FIRST_DEFAULTS, "explainrec_attribution": False,
                                                         "explainrec_multitask": False}),
-    "only_multitask": ("ExplainRec, multi-task only", {"preference_system": "explainrec",
-                                                       "explainrec_attribution": False,
+    "only_multitask": ("ExplainRec, multi-task only", {**FIRST_DEFAULTS, "explainrec_attribution": False,
                                                        "explainrec_multimodal": False}),
-    "neutral": ("ExplainRec, neutral soft-token start", {"preference_system": "explainrec",
-                                                         "explainrec_soft_prompt_start": "neutral"}),
-    "only_multimodal_neutral": ("ExplainRec, multimodal only, neutral start", {
-        "preference_system": "explainrec", "explainrec_attribution": False, "explainrec_multitask": False,
-        "explainrec_soft_prompt_start": "neutral"}),
     "only_multitask_margin": ("ExplainRec, multi-task only, margin rating head", {
-        "preference_system": "explainrec", "explainrec_attribution": False, "explainrec_multimodal": False,
-        "explainrec_rating_head": "margin"}),
-    "no_multitask_neutral": ("ExplainRec w/o multi-task, neutral start", {
-        "preference_system": "explainrec", "explainrec_multitask": False, "explainrec_soft_prompt_start": "neutral"}),
-    "neutral_margin": ("ExplainRec, neutral start, margin rating head", {
-        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
+        **FIRST_DEFAULTS, "explainrec_attribution": False, "explainrec_multimodal": False,
         "explainrec_rating_head": "margin"}),
     "only_multitask_margin_fixed": ("ExplainRec, multi-task only, margin rating head, fixed weights", {
-        "preference_system": "explainrec", "explainrec_attribution": False, "explainrec_multimodal": False,
+        **FIRST_DEFAULTS, "explainrec_attribution": False, "explainrec_multimodal": False,
         "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed"}),
+    # the soft tokens' start, the rating head and the task weights, with every component on
+    "no_multitask_neutral": ("ExplainRec w/o multi-task, neutral start", {
+        **FIRST_DEFAULTS, "explainrec_multitask": False, "explainrec_soft_prompt_start": "neutral"}),
     "neutral_margin_fixed": ("ExplainRec, neutral start, margin rating head, fixed weights", {
-        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
-        "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed"}),
+        **FIRST_DEFAULTS, "explainrec_soft_prompt_start": "neutral", "explainrec_rating_head": "margin",
+        "explainrec_task_weighting": "fixed"}),
     "neutral_margin_fixed_mid": ("ExplainRec, neutral start, margin rating head, fixed weights, rating centre 3.5", {
-        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
-        "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed", "explainrec_rating_center": 3.5}),
+        **FIRST_DEFAULTS, "explainrec_soft_prompt_start": "neutral", "explainrec_rating_head": "margin",
+        "explainrec_task_weighting": "fixed", "explainrec_rating_center": 3.5}),
     "neutral_ordinal_fixed": ("ExplainRec, neutral start, ordinal rating head, fixed weights", {
-        "preference_system": "explainrec", "explainrec_soft_prompt_start": "neutral",
-        "explainrec_rating_head": "ordinal", "explainrec_task_weighting": "fixed"}),
+        **FIRST_DEFAULTS, "explainrec_soft_prompt_start": "neutral", "explainrec_rating_head": "ordinal",
+        "explainrec_task_weighting": "fixed"}),
 }
+LLM_SYSTEMS.update(DIAGNOSTIC_SYSTEMS)
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
 # keep that value, so that earlier runs stay valid.
 LATER_SETTINGS = {"explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear",
@@ -330,6 +332,26 @@ def label_of(system: str) -> str:
         system, LLM_SYSTEMS.get(system, (system,))[0])
 
 
+def main_rows(results: Dict[str, Dict[int, List[float]]]) -> List[str]:
+    """The main table's systems in the paper's order (zero-shot, TALLRec, ExplainRec, its ablations, RecBole's
+    models), then any other non-diagnostic system measured."""
+    order = [*ZERO_SHOT, *MAIN_SYSTEMS, *CONVENTIONAL]
+    return [s for s in order if s in results] + [s for s in results if s not in order and s not in DIAGNOSTIC_SYSTEMS]
+
+
+def auc_table(results: Dict[str, Dict[int, List[float]]], systems: Sequence[str],
+              shot_counts: Sequence[int]) -> List[str]:
+    """Markdown rows: per system and shot count, the mean AUC over seeds, its population std and n."""
+    lines = ["| system | " + " | ".join(f"{shots} shots" for shots in shot_counts) + " |",
+             "|---|" + "---|" * len(shot_counts)]
+    for system in systems:
+        by_shots = results[system]
+        cells = [f"{np.mean(by_shots[s]):.4f} ± {np.std(by_shots[s]):.4f} (n={len(by_shots[s])})"
+                 if s in by_shots else "" for s in shot_counts]
+        lines.append(f"| {label_of(system)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(args, command: str, ledger: dict) -> None:
     import matplotlib
 
@@ -347,12 +369,12 @@ def write_report(args, command: str, ledger: dict) -> None:
     lines = [f"# Preference prediction on {args.dataset}: AUC against shots", "",
              f"AUC on the first {args.test_samples} test windows (TALLRec's protocol), mean and population std over "
              f"the seeds measured ({seeds}; each seed draws its own few-shot sets; n = seeds per cell).", "",
-             "| system | " + " | ".join(f"{shots} shots" for shots in shot_counts) + " |",
-             "|---|" + "---|" * len(shot_counts)]
-    for system, by_shots in results.items():
-        cells = [f"{np.mean(by_shots[s]):.4f} ± {np.std(by_shots[s]):.4f} (n={len(by_shots[s])})"
-                 if s in by_shots else "" for s in shot_counts]
-        lines.append(f"| {label_of(system)} | " + " | ".join(cells) + " |")
+             *auc_table(results, main_rows(results), shot_counts)]
+    diagnostics = [system for system in DIAGNOSTIC_SYSTEMS if system in results]
+    if diagnostics:
+        lines += ["", "Diagnostic runs (what each component and setting is worth; the settings ExplainRec was first "
+                  "measured with unless the row names others):", "",
+                  *auc_table(results, diagnostics, shot_counts)]
     if ledger["bootstrap"]:
         lines += ["", "Paired bootstrap, ExplainRec minus TALLRec (same test windows):", "",
                   "| shots | seed | AUC difference | 95% interval | share of resamples <= 0 |", "|---|---|---|---|---|"]
@@ -361,7 +383,8 @@ def write_report(args, command: str, ledger: dict) -> None:
             lines.append(f"| {shots} | {seed} | {test['difference']:+.4f} | [{test['low']:+.4f}, "
                          f"{test['high']:+.4f}] | {test['p_not_better']:.3f} |")
     figure, axis = plt.subplots(figsize=(6, 4))
-    curves = {system: by_shots for system, by_shots in results.items() if len(by_shots) > 1}
+    curves = {system: by_shots for system, by_shots in results.items()
+              if len(by_shots) > 1 and system not in DIAGNOSTIC_SYSTEMS}
     for system, by_shots in curves.items():
         shots = sorted(by_shots)
         axis.errorbar(shots, [np.mean(by_shots[s]) for s in shots], yerr=[np.std(by_shots[s]) for s in shots],

@@ -132,7 +132,8 @@ def batch_of(model, samples, shared=False):
 
 
 def test_each_loss_reaches_its_own_parameters(tmp_path):
-    model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama")), item_features=item_features())
+    model = ExplainRecModel.build(settings_for(write_answer_llama(tmp_path / "llama"), explainrec_rating_head="linear"),
+                                  item_features=item_features())
     other = {**SAMPLE, "index": 8, "item_id": "i1", "title": "Alpha", "label": 0, "rating": 2.0}
     batch = batch_of(model, [SAMPLE, other])
     groups = {"lora": [p for n, p in model.named_parameters() if "lora_" in n],
@@ -283,7 +284,8 @@ def test_task_weights_learned_or_fixed(tmp_path):
     llama = write_answer_llama(tmp_path / "llama")
     losses = {"pred": torch.tensor(0.7), "reason": torch.tensor(2.0), "consistency": torch.tensor(0.1),
               "rating": torch.tensor(4.0)}
-    adaptive = ExplainRecModel.build(settings_for(llama, explainrec_multimodal=False))
+    adaptive = ExplainRecModel.build(settings_for(llama, explainrec_multimodal=False,
+                                                  explainrec_task_weighting="uncertainty"))
     with torch.no_grad():
         adaptive.log_variances.copy_(torch.tensor([0.0, 1.0, -1.0, 2.0]))
     expected = sum(np.exp(-s) * v + s for s, v in zip([0.0, 1.0, -1.0, 2.0], [0.7, 2.0, 0.1, 4.0]))
@@ -307,7 +309,8 @@ def test_the_cli_tunes_explainrec_and_logs_modality_weights(tmp_path, tiny_encod
     model_dir = tmp_path / "run" / "preference_models" / "explainrec-all"
     history = json.loads((model_dir / "meta.json").read_text())["history"]
     assert len(history) == 2 and history[-1]["modality_weight_text"] == pytest.approx(1.0)
-    assert {"pred", "reason", "consistency", "rating", "log_variance_rating"} <= set(history[-1])
+    assert {"pred", "reason", "consistency", "rating"} <= set(history[-1])
+    assert not any(key.startswith("log_variance") for key in history[-1])  # fixed task weights by default
     assert mmprefer(["preference-score", *common, "--model_dir", str(model_dir)]) == 0
     scores = tmp_path / "run" / "preference_scores" / "explainrec-all-windows-test.jsonl"
     assert len(scores.read_text().splitlines()) == 2

@@ -125,8 +125,8 @@ def test_a_setting_added_later_leaves_the_digests_of_earlier_runs_alone(monkeypa
     before = json_sha256({"model": keys, "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
                           "shots": 64, "seed": 0})  # its digest, without the later settings
     assert table_preference.settings_fingerprint(args, "earlier", 64, 0) == before
-    assert table_preference.settings_fingerprint(args, "neutral", 64, 0) != before
-    assert table_preference.settings_fingerprint(args, "neutral_margin", 64, 0) != before
+    assert table_preference.settings_fingerprint(args, "neutral_margin_fixed", 64, 0) != before
+    assert table_preference.settings_fingerprint(args, "neutral_ordinal_fixed", 64, 0) != before
     # a setting whose switch is off is digested at one value, whatever it is set to
     off = {"explainrec_multimodal": False, "explainrec_soft_prompt_start": "neutral",
            "explainrec_multitask": False, "explainrec_rating_head": "margin", "explainrec_task_weighting": "fixed"}
