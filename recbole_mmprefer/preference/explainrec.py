@@ -212,7 +212,7 @@ def collate_shared_prompt(examples: Sequence[ExplainRecExample], pad_id: int) ->
 
 
 class OrdinalRatingHead(nn.Module):
-    """P(rating > level_k) = sigmoid(a_k * margin - c_k) for the cuts between consecutive rating levels; the cut
+    """P(rating > level_k) = sigmoid(a * margin - c_k) for the cuts between consecutive rating levels; the cut
     above ``center`` (the like threshold) is the answer itself (a = 1, c = 0), the others are learned, kept in
     order (c grows by a softplus step per level, 2 at first) and share one learned scale a."""
 
