@@ -25,7 +25,8 @@ adaptation (``_meta_0``: ``coldstart_adaptation_steps: 0``); the content-based
 and demographic-popularity baselines (no training). Every system of a
 scenario and seed is scored on the same first ``--test_samples`` test
 samples. Every AUC goes to ``results/coldstart_<dataset>.json`` as it is
-measured and a rerun skips what is there, so the table can span sessions.
+measured, with a digest of the settings it depends on, and a rerun skips what
+is there under the same settings, so the table can span sessions.
 Reported: AUC per scenario and system (mean and std over seeds), and paired
 bootstraps of ExplainRec + K + meta against TALLRec and against the
 content-based baseline.
@@ -91,6 +92,55 @@ def build_samples(config, scenario: str) -> str:
     return Path(build_cold_start(config, scenario.split("_")[1])).name
 
 
+def trained_system(system: str) -> str:
+    """The system whose model ``system`` scores: the _meta_0 row scores the _meta model (trained under _meta's
+    settings) without test-time adaptation."""
+    return OURS if system == "explainrec_k_meta_0" else system
+
+
+def llm_configs(args, scenario: str, system: str, seed: int):
+    """(the configuration ``system`` is tuned with, the one it is scored with)."""
+    keys = {"knowledge_source": "windows"} if scenario == "cross_domain" else {}  # books have no train split
+    return tuple(config_for(args.dataset, preference_shots=args.shots, preference_shot_seed=seed, coldstart_seed=seed,
+                            **keys, **LLM_SYSTEMS[name][1]) for name in (trained_system(system), system))
+
+
+def baseline_config(args, seed: int):
+    return config_for(args.dataset, preference_shot_seed=seed, coldstart_seed=seed)
+
+
+def run_fingerprint(args, scenario: str, system: str, seed: int) -> str:
+    """A digest of every setting a run's AUC depends on: a ledger entry with another digest is measured again."""
+    from recbole_mmprefer.data.cold_start import ColdStartSettings
+    from recbole_mmprefer.data.preferences import PreferenceSettings
+    from recbole_mmprefer.preference.knowledge import KnowledgeSettings
+    from recbole_mmprefer.preference.meta import AdaptationSettings
+    from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
+    from recbole_mmprefer.utils import json_sha256
+
+    training, scoring = llm_configs(args, scenario, system, seed) if system in LLM_SYSTEMS else \
+        (baseline_config(args, seed),) * 2
+    keys = {"scenario": scenario, "system": system, "seed": seed, "test_samples": args.test_samples,
+            "book": Path(args.book).name if scenario == "cross_domain" else None,
+            "samples": PreferenceSettings.from_config(training).to_config(),
+            "cold_start": ColdStartSettings.from_config(training).to_config(),
+            "knowledge": KnowledgeSettings.from_config(scoring).to_config()}
+    if system in LLM_SYSTEMS:
+        keys.update(model=PreferenceModelConfig.from_config(training).to_config(),
+                    training=PreferenceTrainingSettings.from_config(training).results_keys(),
+                    adaptation=AdaptationSettings.from_config(scoring).to_config())
+    return json_sha256(keys)
+
+
+def is_measured(ledger: dict, key: str, system: str, fingerprint: str) -> bool:
+    """Whether the ledger holds ``key`` under these settings. Entries from before digests: a baseline's is kept
+    (it tunes nothing), a tuned system's is measured again (the tuning budget has changed since)."""
+    run = ledger["runs"].get(key)
+    if run is None:
+        return False
+    return run.get("settings", None if system in LLM_SYSTEMS else fingerprint) == fingerprint
+
+
 def llm_scores(args, scenario: str, system: str, seed: int) -> Tuple[List[int], List[float]]:
     from recbole_mmprefer.artifacts import run_dir
     from recbole_mmprefer.data.features import build_features
@@ -98,11 +148,8 @@ def llm_scores(args, scenario: str, system: str, seed: int) -> Tuple[List[int], 
     from recbole_mmprefer.preference.score import score_preferences
     from recbole_mmprefer.preference.train import train_preference_model
 
-    keys = {"knowledge_source": "windows"} if scenario == "cross_domain" else {}  # books have no train split
-    # the _meta_0 row scores the _meta model (trained under _meta's settings) without test-time adaptation
-    trained = OURS if system == "explainrec_k_meta_0" else system
-    training, scoring = (config_for(args.dataset, preference_shots=args.shots, preference_shot_seed=seed,
-                                    coldstart_seed=seed, **keys, **LLM_SYSTEMS[name][1]) for name in (trained, system))
+    training, scoring = llm_configs(args, scenario, system, seed)
+    trained = trained_system(system)
     if training["preference_system"] == "explainrec" and training["explainrec_multimodal"]:
         for modality in training["modalities"]:
             build_features(training, modality)
@@ -123,7 +170,7 @@ def baseline_scores(args, scenario: str, system: str, seed: int) -> Tuple[List[i
     from recbole_mmprefer.preference.cold_baselines import content_scores, demographic_scores, feature_table
     from recbole_mmprefer.preference.knowledge import KnowledgeBase, build_knowledge
 
-    stage = config_for(args.dataset, preference_shot_seed=seed, coldstart_seed=seed)
+    stage = baseline_config(args, seed)
     train_name = build_samples(stage, scenario)
     _, test = test_samples(args, stage, scenario)
     labels = [s["label"] for s in test]
@@ -174,10 +221,11 @@ def main() -> None:
         for scenario in args.scenarios:
             for system in args.systems:
                 key = f"{scenario}|{system}|{seed}"
-                if key in ledger["runs"]:
+                fingerprint = run_fingerprint(args, scenario, system, seed)
+                if is_measured(ledger, key, system, fingerprint):
                     continue
                 labels, scores = (baseline_scores if system in BASELINES else llm_scores)(args, scenario, system, seed)
-                record_run(ledger, key, labels, scores)
+                record_run(ledger, key, labels, scores, fingerprint)
                 write_ledger(path, ledger)
                 print(f"seed {seed}, {scenario}, {system}: AUC {ledger['runs'][key]['auc']:.4f}", flush=True)
             for other in ("tallrec", "content"):
@@ -187,13 +235,31 @@ def main() -> None:
     write_report(args, command, ledger)
 
 
+def stale_runs(args, ledger: dict) -> List[str]:
+    """The ledger's runs measured under other settings than today's (left out of the table until measured again)."""
+    stale = []
+    for key in ledger["runs"]:
+        scenario, system, seed = key.split("|")
+        if not is_measured(ledger, key, system, run_fingerprint(args, scenario, system, int(seed))):
+            stale.append(key)
+    return stale
+
+
+def paired_runs(pair: str) -> set:
+    """The two runs a bootstrap entry ``scenario|other|seed`` compares: ours and the other's."""
+    scenario, other, seed = pair.split("|")
+    return {f"{scenario}|{OURS}|{seed}", f"{scenario}|{other}|{seed}"}
+
+
 def write_report(args, command: str, ledger: dict) -> None:
     labels = {**{name: label for name, (label, _) in LLM_SYSTEMS.items()}, **BASELINES}
+    stale = stale_runs(args, ledger)
+    current = {key: run for key, run in ledger["runs"].items() if key not in stale}
     cells: Dict[Tuple[str, str], List[float]] = {}
-    for key, run in ledger["runs"].items():
+    for key, run in current.items():
         scenario, system, _ = key.split("|")
         cells.setdefault((scenario, system), []).append(run["auc"])
-    seeds = sorted({key.split("|")[2] for key in ledger["runs"]})
+    seeds = sorted({key.split("|")[2] for key in current})
     scenarios = [s for s in SCENARIOS if any(scenario == s for scenario, _ in cells)]
     lines = [f"# Cold start on {args.dataset}: AUC for new users, new items and across domains", "",
              f"{ledger['settings']['shots']} train samples per tuned system, the first "
@@ -206,14 +272,18 @@ def write_report(args, command: str, ledger: dict) -> None:
                else "" for s in scenarios]
         if any(row):
             lines.append(f"| {labels[system]} | " + " | ".join(row) + " |")
-    if ledger["bootstrap"]:
+    bootstraps = {pair: test for pair, test in ledger["bootstrap"].items() if not paired_runs(pair) & set(stale)}
+    if bootstraps:
         lines += ["", f"Paired bootstrap, {labels[OURS]} minus the other (same test samples):", "",
                   "| scenario | other | seed | AUC difference | 95% interval | share <= 0 |",
                   "|---|---|---|---|---|---|"]
-        for pair, test in sorted(ledger["bootstrap"].items()):
+        for pair, test in sorted(bootstraps.items()):
             scenario, other, seed = pair.split("|")
             lines.append(f"| {scenario} | {labels[other]} | {seed} | {test['difference']:+.4f} | "
                          f"[{test['low']:+.4f}, {test['high']:+.4f}] | {test['p_not_better']:.3f} |")
+    if stale:
+        lines += ["", f"Not shown, measured under other settings than today's (the same command measures them "
+                      f"again): {', '.join(stale)}."]
     lines += ["", "Target: ExplainRec + K + meta above the content-based baseline and TALLRec on new users and new "
               "items; above TALLRec across domains.", "", f"Every figure: {ledger_path(args).name}", "",
               f"Command (last run): `{command.strip()}`", ""]
