@@ -22,7 +22,7 @@ adaptation), each with and without the knowledge base K in the prompt (``_k``:
 ExplainRec with K and Reptile meta-training plus test-time adaptation to each
 new user's support set (``_meta``), and the same model scored without
 adaptation (``_meta_0``: ``coldstart_adaptation_steps: 0``); the content-based
-and demographic-popularity baselines (no training). Every system of a
+and demographic-popularity baselines and the history's like share (no training). Every system of a
 scenario and seed is scored on the same first ``--test_samples`` test
 samples. Every AUC goes to ``results/coldstart_<dataset>.json`` as it is
 measured, with a digest of the settings it depends on, and a rerun skips what
@@ -61,7 +61,7 @@ LLM_SYSTEMS = {
         "preference_system": "explainrec", "preference_knowledge": True, "coldstart_meta_steps": 32,
         "coldstart_adaptation_steps": 0}),
 }
-BASELINES = {"content": "content-based", "demographic": "demographic popularity"}
+BASELINES = {"content": "content-based", "demographic": "demographic popularity", "like_share": "history like share"}
 OURS = "explainrec_k_meta"
 
 
@@ -167,16 +167,18 @@ def llm_scores(args, scenario: str, system: str, seed: int) -> Tuple[List[int], 
 def baseline_scores(args, scenario: str, system: str, seed: int) -> Tuple[List[int], List[float]]:
     from recbole_mmprefer.data.features import TextEncoder, build_features
     from recbole_mmprefer.data.preferences import read_preferences
-    from recbole_mmprefer.preference.cold_baselines import content_scores, demographic_scores, feature_table
+    from recbole_mmprefer.preference import cold_baselines
     from recbole_mmprefer.preference.knowledge import KnowledgeBase, build_knowledge
 
     stage = baseline_config(args, seed)
     train_name = build_samples(stage, scenario)
     _, test = test_samples(args, stage, scenario)
     labels = [s["label"] for s in test]
+    if system == "like_share":
+        return labels, cold_baselines.like_share_scores(test)
     if system == "demographic":
         knowledge = KnowledgeBase.load(stage, build_knowledge(stage, train_name, read_preferences(stage, train_name)))
-        return labels, demographic_scores(test, knowledge)
+        return labels, cold_baselines.demographic_scores(test, knowledge)
     if scenario == "cross_domain":  # books are not in the feature store: their titles, by the same encoder
         titles = sorted({s["title"] for s in test} | {h["title"] for s in test for h in s["history"]})
         features = dict(zip(titles, TextEncoder().encode(titles)))
@@ -184,8 +186,8 @@ def baseline_scores(args, scenario: str, system: str, seed: int) -> Tuple[List[i
                 for s in test]
     else:
         build_features(stage, "text")
-        features = feature_table(stage)
-    return labels, content_scores(test, features)
+        features = cold_baselines.feature_table(stage)
+    return labels, cold_baselines.content_scores(test, features)
 
 
 def ledger_path(args) -> Path:

@@ -1,7 +1,8 @@
 """TALLRec's Table 1 for ExplainRec (issue 13): AUC against shots for the LLM systems and RecBole's sequential models.
 
     python run_scripts/table_preference.py [--dataset ml-100k] [--shots 16 64 256] [--seeds 0 1 2] \
-        [--systems zero_shot tallrec explainrec no_attribution no_summary no_multimodal no_multitask SASRec GRU4Rec] \
+        [--systems zero_shot tallrec explainrec no_attribution no_summary no_multimodal no_multitask SASRec GRU4Rec \
+                   like_share] \
         [--test_samples 1000] [--out results/preference_ml-100k.md] [--key=value ...]
 
 Preference samples by TALLRec's protocol (`mmprefer preferences`); for each seed
@@ -10,7 +11,9 @@ shuffled by that seed (``preference_shot_seed``), the same for every system.
 Every system is scored on the same first ``--test_samples`` test windows: the
 frozen LLM (zero-shot), TALLRec, ExplainRec and its ablations (LoRA-tuned, the
 bundled LLM unless ``--llm_path``), and RecBole's SASRec and GRU4Rec trained
-with BCE on the same few-shot samples (``--conventional_epochs``). Models and
+with BCE on the same few-shot samples (``--conventional_epochs``), and the
+share of liked items in each window's history (``like_share``: no training,
+the bar set by what the two lists say by themselves). Models and
 scores land under ``<run_dir>/preference_table/``; a rerun skips what is up to
 date; every AUC, its per-window scores and the bootstraps also go to
 ``results/preference_<dataset>.json`` as they are measured, with a digest of
@@ -95,6 +98,7 @@ INERT_UNLESS = {"explainrec_soft_prompt_start": ("explainrec_multimodal", "rando
                 "explainrec_task_weighting": ("explainrec_multitask", "uncertainty")}
 MAIN_SYSTEMS = ("tallrec", "explainrec", "no_attribution", "no_summary", "no_multimodal", "no_multitask")
 CONVENTIONAL = ("SASRec", "GRU4Rec")
+UNTRAINED = {"like_share": "history like share (no training)"}  # the bar: what the two lists say by themselves
 ZERO_SHOT = {"zero_shot": "tallrec", "zero_shot_explainrec": "explainrec"}  # the frozen LLM, with each prompt
 
 
@@ -103,8 +107,8 @@ def parse_arguments() -> Tuple[argparse.Namespace, str]:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--shots", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--systems", nargs="+", default=["zero_shot", *MAIN_SYSTEMS, *CONVENTIONAL],
-                        choices=[*ZERO_SHOT, *LLM_SYSTEMS, *CONVENTIONAL])
+    parser.add_argument("--systems", nargs="+", default=["zero_shot", *MAIN_SYSTEMS, *CONVENTIONAL, *UNTRAINED],
+                        choices=[*ZERO_SHOT, *LLM_SYSTEMS, *CONVENTIONAL, *UNTRAINED])
     parser.add_argument("--test_samples", type=int, default=1000)
     parser.add_argument("--conventional_epochs", type=int, default=50)
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -135,6 +139,8 @@ def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
 
     if system in CONVENTIONAL:
         return json_sha256({"model": system, "shots": shots, "seed": seed, "epochs": args.conventional_epochs})
+    if system in UNTRAINED:
+        return json_sha256({"model": system, "shots": shots, "seed": seed})
     stage = system_config(args, system, shots, seed)
     model = digested_settings(PreferenceModelConfig.from_config(stage).to_config())
     return json_sha256({"model": model,
@@ -189,6 +195,14 @@ def conventional_scores(args, model_name: str, shots: int, seed: int) -> Tuple[L
     scorer = build_scorer(model_name, config, create_dataset(config))
     train_scorer(scorer, few_shot(samples, shots), args.conventional_epochs, 1e-3, 16, seed)
     return [s["label"] for s in test], score_with(scorer, test)
+
+
+def untrained_scores(args) -> Tuple[List[int], List[float]]:
+    from recbole_mmprefer.data.preferences import read_preferences
+    from recbole_mmprefer.preference.cold_baselines import like_share_scores
+
+    test = [s for s in read_preferences(config_for(args.dataset)) if s["split"] == "test"][:args.test_samples]
+    return [s["label"] for s in test], like_share_scores(test)
 
 
 def paired_bootstrap(labels, first, second, resamples: int, seed: int) -> Dict[str, float]:
@@ -291,6 +305,8 @@ def measure(args, config, ledger: dict, system: str, shots: int, seed: int) -> N
         return
     if system in CONVENTIONAL:
         labels, scores = conventional_scores(args, system, shots, seed)
+    elif system in UNTRAINED:
+        labels, scores = untrained_scores(args)
     else:
         labels, scores = llm_scores(args, config, system, shots, seed)
     record_run(ledger, key, labels, scores, fingerprint)
@@ -328,14 +344,14 @@ def bootstrap_if_due(ledger: dict, pair: str, ours: str, theirs: str, resamples:
 
 
 def label_of(system: str) -> str:
-    return {"zero_shot": "zero-shot (frozen LLM)", "zero_shot_explainrec": "zero-shot, ExplainRec's prompt"}.get(
-        system, LLM_SYSTEMS.get(system, (system,))[0])
+    return {"zero_shot": "zero-shot (frozen LLM)", "zero_shot_explainrec": "zero-shot, ExplainRec's prompt",
+            **UNTRAINED}.get(system, LLM_SYSTEMS.get(system, (system,))[0])
 
 
 def main_rows(results: Dict[str, Dict[int, List[float]]]) -> List[str]:
     """The main table's systems in the paper's order (zero-shot, TALLRec, ExplainRec, its ablations, RecBole's
-    models), then any other non-diagnostic system measured."""
-    order = [*ZERO_SHOT, *MAIN_SYSTEMS, *CONVENTIONAL]
+    models, the untrained bar), then any other non-diagnostic system measured."""
+    order = [*ZERO_SHOT, *MAIN_SYSTEMS, *CONVENTIONAL, *UNTRAINED]
     return [s for s in order if s in results] + [s for s in results if s not in order and s not in DIAGNOSTIC_SYSTEMS]
 
 

@@ -14,7 +14,7 @@ from recbole_mmprefer.cli import main as mmprefer
 from recbole_mmprefer.config import Config
 from recbole_mmprefer.data.cold_start import build_cold_start, cold_samples, support_set
 from recbole_mmprefer.data.preferences import read_preferences
-from recbole_mmprefer.preference.cold_baselines import content_scores, demographic_scores
+from recbole_mmprefer.preference.cold_baselines import content_scores, demographic_scores, like_share_scores
 from recbole_mmprefer.preference.knowledge import KnowledgeBase, age_bucket, build_knowledge, knowledge_text
 from recbole_mmprefer.preference.score import auc
 
@@ -174,6 +174,15 @@ def test_the_baselines_order_a_separable_fixture_and_follow_the_prior():
     scores = content_scores(samples, features)
     assert scores[0] > 0 > scores[1] and scores[2] == 0.0
     assert auc([1, 0], scores[:2]) == 1.0
+
+
+def test_the_history_like_share_is_the_share_of_liked_items_shown():
+    def sample(*liked):
+        return {"item_id": "t", "history": [{"item_id": str(n), "liked": value} for n, value in enumerate(liked)]}
+
+    scores = like_share_scores([sample(True, False, True, True), sample(False, False, True), sample()])
+    assert scores == [0.75, pytest.approx(1 / 3), 0.5]
+    assert auc([1, 0, 0], scores) == 1.0
 
 
 def test_demographic_popularity_scores_seen_items_by_their_rate_and_new_ones_by_the_peers(tmp_path):
