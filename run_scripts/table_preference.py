@@ -41,6 +41,9 @@ EXPLAINREC = {"preference_system": "explainrec"}
 # the diagnostic runs pin them, so that their digests hold whatever the defaults become.
 FIRST_DEFAULTS = {**EXPLAINREC, "explainrec_soft_prompt_start": "random", "explainrec_rating_head": "linear",
                   "explainrec_task_weighting": "uncertainty"}
+# ExplainRec's defaults since session 13, pinned for the diagnostics measured with them.
+SECOND_DEFAULTS = {**EXPLAINREC, "explainrec_soft_prompt_start": "neutral", "explainrec_rating_head": "ordinal",
+                   "explainrec_task_weighting": "fixed"}
 LLM_SYSTEMS = {
     "tallrec": ("TALLRec", {"preference_system": "tallrec"}),
     "explainrec": ("ExplainRec", EXPLAINREC),
@@ -85,6 +88,10 @@ DIAGNOSTIC_SYSTEMS = {
     "neutral_ordinal_fixed": ("ExplainRec, neutral start, ordinal rating head, fixed weights", {
         **FIRST_DEFAULTS, "explainrec_soft_prompt_start": "neutral", "explainrec_rating_head": "ordinal",
         "explainrec_task_weighting": "fixed"}),
+    # the knowledge base K of the cold-start table (issue 16) in a warm prompt: the target's like rate among the
+    # train split's users, which the history's lists do not say
+    "explainrec_knowledge": ("ExplainRec + knowledge base K", {**SECOND_DEFAULTS, "preference_knowledge": True}),
+    "tallrec_knowledge": ("TALLRec + knowledge base K", {"preference_system": "tallrec", "preference_knowledge": True}),
 }
 LLM_SYSTEMS.update(DIAGNOSTIC_SYSTEMS)
 # Settings added after the ledger began, at the value every earlier run had: left out of a run's digest while they
@@ -134,6 +141,7 @@ def system_config(args, system: str, shots: int, seed: int):
 
 def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
     """A digest of every setting a run's AUC depends on: a ledger entry with another digest is measured again."""
+    from recbole_mmprefer.preference.knowledge import KnowledgeSettings
     from recbole_mmprefer.preference.settings import PreferenceModelConfig, PreferenceTrainingSettings
     from recbole_mmprefer.utils import json_sha256
 
@@ -143,6 +151,8 @@ def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
         return json_sha256({"model": system, "shots": shots, "seed": seed})
     stage = system_config(args, system, shots, seed)
     model = digested_settings(PreferenceModelConfig.from_config(stage).to_config())
+    if model["preference_knowledge"]:  # only then do the knowledge_* keys act (and earlier runs had it off)
+        model.update(KnowledgeSettings.from_config(stage).to_config())
     return json_sha256({"model": model,
                         "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
                         "shots": shots, "seed": seed})
