@@ -2,7 +2,7 @@
 
     python run_scripts/table_coldstart.py [--dataset ml-100k] [--scenarios new_users new_items cross_domain] \
         [--systems tallrec tallrec_k explainrec explainrec_k explainrec_k_meta explainrec_k_meta_0 content \
-                   demographic] \
+                   demographic like_share] \
         [--shots 64] [--seeds 0] [--test_samples 500] [--book ../shared/data/tallrec/book/valid.json] \
         [--out results/coldstart_ml-100k.md] [--key=value ...]
 
@@ -22,9 +22,9 @@ adaptation), each with and without the knowledge base K in the prompt (``_k``:
 ExplainRec with K and Reptile meta-training plus test-time adaptation to each
 new user's support set (``_meta``), and the same model scored without
 adaptation (``_meta_0``: ``coldstart_adaptation_steps: 0``); the content-based
-and demographic-popularity baselines and the history's like share (no training). Every system of a
-scenario and seed is scored on the same first ``--test_samples`` test
-samples. Every AUC goes to ``results/coldstart_<dataset>.json`` as it is
+and demographic-popularity baselines and the history's like share (no
+training). Every system of a scenario and seed is scored on the same first
+``--test_samples`` test samples. Every AUC goes to ``results/coldstart_<dataset>.json`` as it is
 measured, with a digest of the settings it depends on, and a rerun skips what
 is there under the same settings, so the table can span sessions.
 Reported: AUC per scenario and system (mean and std over seeds), and paired
