@@ -152,7 +152,8 @@ def settings_fingerprint(args, system: str, shots: int, seed: int) -> str:
     stage = system_config(args, system, shots, seed)
     model = digested_settings(PreferenceModelConfig.from_config(stage).to_config())
     if model["preference_knowledge"]:  # only then do the knowledge_* keys act (and earlier runs had it off)
-        model.update(KnowledgeSettings.from_config(stage).to_config())
+        # the first two runs with K told each train prompt its own answer (the target's rate counted it)
+        model.update(KnowledgeSettings.from_config(stage).to_config(), knowledge_own_answer_left_out=True)
     return json_sha256({"model": model,
                         "training": PreferenceTrainingSettings.from_config(stage).results_keys(),
                         "shots": shots, "seed": seed})

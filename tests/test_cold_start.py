@@ -15,7 +15,13 @@ from recbole_mmprefer.config import Config
 from recbole_mmprefer.data.cold_start import build_cold_start, cold_samples, support_set
 from recbole_mmprefer.data.preferences import read_preferences
 from recbole_mmprefer.preference.cold_baselines import content_scores, demographic_scores, like_share_scores
-from recbole_mmprefer.preference.knowledge import KnowledgeBase, age_bucket, build_knowledge, knowledge_text
+from recbole_mmprefer.preference.knowledge import (
+    KnowledgeBase,
+    age_bucket,
+    attach_knowledge,
+    build_knowledge,
+    knowledge_text,
+)
 from recbole_mmprefer.preference.score import auc
 
 GENRES = ["Comedy", "Drama", "Horror", "Action"]
@@ -146,6 +152,20 @@ def test_the_demographic_prior_equals_a_hand_computation(tmp_path):
     assert prior == pytest.approx(0.75)
     assert knowledge.temporal["items"]["a"] == {"interactions": 2, "liked": 1, "recent": 1}
     assert knowledge.temporal["recent_from"] == pytest.approx(18.0)  # the 0.8 quantile of the times 10, 20
+
+
+def test_no_train_prompt_is_told_its_own_answer_by_the_item_rate(tmp_path):
+    config = hand_config(tmp_path, "u1\t25\tF\nu2\t40\tM\nu3\t30\tF\n")
+    samples = hand_samples() + [{"index": 3, "split": "test", "user_id": "u3", "item_id": "a", "label": 1,
+                                 "groups": ["Comedy"], "timestamp": 40, "history": []}]
+    texts = [sample["knowledge"] for sample in attach_knowledge(config, "hand", samples, "movie")]
+    # item a: u1 liked it, u2 did not; the Comedy rate is 0.5 and m = 2. u1's train sample sees u2's answer only:
+    # (0 + 2 * 0.5) / (1 + 2); u2's sees u1's: (1 + 1) / 3; a test sample sees both: (1 + 1) / (2 + 2)
+    assert "This movie was liked by 33% of its 1 raters." in texts[0]
+    assert "This movie was liked by 67% of its 1 raters." in texts[1]
+    assert "This movie was liked by 50% of its 2 raters." in texts[3]
+    alone = [{**samples[0], "history": []}]  # the only rater of a: its train prompt says a has no ratings yet
+    assert "This movie has no ratings yet" in attach_knowledge(config, "alone", alone, "movie")[0]["knowledge"]
 
 
 def test_missing_attributes_fall_back_and_say_so(tmp_path):
