@@ -33,9 +33,9 @@ A rate is always smoothed toward its parent: ``(liked + m p) / (n + m)`` with
 seen twice says little. :func:`knowledge_text` puts a sample's priors in words
 (a user attribute that is missing is said to be unknown and left out of the
 prior, which then falls back to every user's). A train sample's own answer is
-left out of its target's like rate: counted, it would tell the model the label
-(on ml-100k, ExplainRec tuned with it in the rate fell to AUC 0.563 at 64
-shots from 0.677 without K).
+left out of its target's like rate: counted, it tells the model the label
+(on ml-100k at 64 shots, TALLRec + K then reached a train loss of 0.22 and a
+test AUC of 0.548).
 """
 
 from __future__ import annotations
