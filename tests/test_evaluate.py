@@ -157,3 +157,15 @@ def test_model_metrics_join_the_report_and_bleurt_is_reported_absent(tmp_path):
         in markdown
     assert "absent |" in markdown
     assert (tmp_path / "run" / "evaluation" / "cache" / "judge_cache.jsonl").is_file()
+
+
+def test_grounding_reports_the_references_own_grounding_as_the_bar(tmp_path):
+    table = write_table(tmp_path / "data" / "toy")
+    perfect = tmp_path / "perfect.jsonl"
+    write_generations(perfect, table[table["split"] == "test"][["user_id", "item_id", "explanation"]])
+    out = evaluate(config_for(tmp_path, eval_metrics=["usr", "grounding"]), {"oracle": perfect}, split="test")
+    scores = read_json(out / "scores.json")
+    oracle = scores["systems"]["oracle"]["grounding"]["mean"]
+    assert 0 < oracle < 1  # "thriller", "fast", "pace" are in the profiles; "user", "enjoy" are scaffolding
+    assert scores["context"]["grounding of the references"] == pytest.approx(oracle, abs=1e-4)
+    assert scores["systems"]["xrec (published)"]["grounding"]["mean"] < oracle
