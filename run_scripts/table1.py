@@ -169,7 +169,8 @@ def main() -> None:
     add_budget_arguments(parser, train_pairs=320, test_pairs=100)
     parser.add_argument("--systems", nargs="+", default=["full", "no_graph", "no_paths", "zero_shot"],
                         choices=[*SYSTEMS, *BASELINES])
-    parser.add_argument("--metrics", nargs="+", default=["bertscore", "bleu", "rouge_l", "usr", "likelihood", "grounding"])
+    parser.add_argument("--metrics", nargs="+",
+                        default=["bertscore", "bleu", "rouge_l", "usr", "likelihood", "grounding"])
     args, command = parse_budget(parser, "table1.py")
 
     from recbole_mmprefer.artifacts import run_dir
