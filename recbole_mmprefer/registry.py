@@ -6,6 +6,14 @@ Explainers resolve the same way (issue 14): ``MMPRefer`` (this toolkit's
 LLM explainer, ``mmprefer train``'s default) or a baseline class ``<Name>`` in
 ``recbole_mmprefer/explainer/models/<name>.py`` with its
 ``properties/model/<Name>.yaml``.
+
+RecBole 1.2.1's ``sequential_recommender/sine.py`` calls
+``torch.autograd.set_detect_anomaly(True)`` when it is imported, i.e. whenever
+any of RecBole's sequential models is: every later backward pass of the process
+(MMPSASRec's, the explainer's, the preference models') then records a traceback
+per operation and checks every gradient for NaN, several times slower on CPU.
+RecBole's models are therefore imported here, once, with the process's anomaly
+mode put back as it was (:func:`recbole_sequential_models`).
 """
 
 from __future__ import annotations
@@ -13,9 +21,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 from typing import List, Type
 
 import recbole
+import torch
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
@@ -25,6 +35,17 @@ from recbole_mmprefer.resources import properties_dir
 OUR_MODEL_SUBMODULES = ["sequential_recommender"]
 EXPLAINER_SUBMODULE = "recbole_mmprefer.explainer.models"
 OUR_EXPLAINER = "MMPRefer"
+
+
+def recbole_sequential_models() -> ModuleType:
+    """``recbole.model.sequential_recommender``, its import leaving autograd's anomaly mode as it was."""
+    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    module = importlib.import_module("recbole.model.sequential_recommender")
+    torch.autograd.set_detect_anomaly(enabled, check_nan)
+    return module
+
+
+recbole_sequential_models()  # before anything else imports it: RecBole's get_model does, in every Config
 
 
 class UnknownModelError(InputError):

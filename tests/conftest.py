@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+import recbole_mmprefer.registry  # noqa: F401  first: RecBole's models, imported with anomaly detection kept off
+
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

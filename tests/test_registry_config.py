@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 from recbole.model.sequential_recommender.sasrec import SASRec
@@ -21,6 +24,24 @@ def test_our_model_resolves_before_recbole():
 def test_recbole_models_still_resolve():
     assert get_model("SASRec") is SASRec
     assert get_model("LightGCN").__name__ == "LightGCN"
+
+
+def anomaly_mode_after(code: str) -> str:
+    """What torch.is_anomaly_enabled() says after ``code``, in a fresh interpreter (imports happen once)."""
+    script = f"import sys, torch\nsys.argv = ['x']\n{code}\nprint(torch.is_anomaly_enabled())"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True).stdout.split()[-1]
+
+
+def test_recboles_models_leave_autograd_anomaly_detection_as_the_process_set_it():
+    # RecBole 1.2.1's sine.py switches it on at import: several times slower backward passes everywhere
+    assert anomaly_mode_after("import recbole.model.sequential_recommender") == "True"
+    assert anomaly_mode_after("from recbole_mmprefer.config import Config\n"
+                              "Config(model='MMPSASRec', dataset='ml-100k')\n"
+                              "from recbole.model.sequential_recommender.sasrec import SASRec") == "False"
+    assert anomaly_mode_after("import recbole_mmprefer.model.sequential_recommender.mmpsasrec") == "False"
+    assert anomaly_mode_after("torch.autograd.set_detect_anomaly(True)\n"
+                              "from recbole_mmprefer.registry import get_model\nget_model('SINE')") == "True"
 
 
 def test_unknown_model_lists_available_models():

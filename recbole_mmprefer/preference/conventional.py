@@ -45,7 +45,9 @@ class SampleScorer(nn.Module):
 
 def build_scorer(model_name: str, config, dataset) -> SampleScorer:
     """A fresh RecBole ``model_name`` on ``dataset`` (its item-id mapping), under the config's seed."""
-    from recbole.utils import get_model, init_seed
+    from recbole.utils import init_seed
+
+    from recbole_mmprefer.registry import get_model
 
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(model_name)(config, dataset)

@@ -20,13 +20,13 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from recbole.model.sequential_recommender.sasrec import SASRec
 from torch import nn
 
 from recbole_mmprefer.artifacts import ARTIFACTS
 from recbole_mmprefer.data.features import load_features
 from recbole_mmprefer.errors import InputError
 from recbole_mmprefer.model.quantizer import load_semantic_ids
+from recbole_mmprefer.registry import recbole_sequential_models
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,9 @@ def use_fused_activations(encoder: nn.Module, hidden_act: str) -> None:
     for module in encoder.modules():
         if hasattr(module, "intermediate_act_fn"):
             module.intermediate_act_fn = fused
+
+
+SASRec = recbole_sequential_models().SASRec
 
 
 class MMPSASRec(SASRec):
