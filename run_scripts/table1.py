@@ -62,6 +62,8 @@ SYSTEMS = {
 # with its own paths (and graph, link predictor, profile embeddings); the explainer settings are SYSTEMS[name].
 OWN_RUNS = {"grefer": {"path_retriever": "pagelink", "path_node_retrieval": True}}
 BASELINES = ("NRT", "Att2Seq", "PETER", "PEPLER", "CER")
+PUBLISHED = "xrec (published)"  # XRec's own predictions, kept by `mmprefer import xrec`
+PAIRED_METRICS = ("bertscore_f1", "grounding")
 LABELS = {"full": "MMP-Refer (ours)", "no_graph": "w/o graph level", "no_paths": "w/o paths",
           "no_lora": "w/o LoRA", "gcn": "GCN encoder", "gt": "GT encoder", "no_multisid": "w/o Multi-SID",
           "full_neutral": "ours, neutral soft-prompt start", "grefer": "G-Refer (PaGE-Link paths + node retrieval)",
@@ -164,6 +166,20 @@ def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder
     return out, trained - started, time.perf_counter() - trained
 
 
+def against_published(report_dir: Path, systems: List[str]) -> str:
+    """Each system minus XRec's published predictions, paired over the same rows ("" without them)."""
+    import pandas as pd
+
+    from recbole_mmprefer.evaluation.paired import paired_table
+
+    per_sample = pd.read_csv(report_dir / "per_sample.csv")
+    metrics = [metric for metric in PAIRED_METRICS if metric in per_sample.columns]
+    if PUBLISHED not in set(per_sample["system"]) or not metrics:
+        return ""
+    return (f"\n## Each system minus {PUBLISHED} (paired over the same rows, mean +- standard error)\n\n"
+            + paired_table(report_dir, PUBLISHED, systems, metrics) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_budget_arguments(parser, train_pairs=320, test_pairs=100)
@@ -201,7 +217,7 @@ def main() -> None:
              "pairs (the baselines: their own epochs, baseline_epochs). Minutes of this run (0 where a stage was "
              "up to date; a baseline's training minutes are those of the run that trained it):\n\n"
              "| system | training | generation |\n|---|---|---|\n" + "\n".join(timings)
-             + f"\n\nCommand: `{command}`\n")
+             + f"\n\nCommand: `{command}`\n") + against_published(report_dir, list(files))
     target.write_text(text, encoding="utf-8")
     shutil.copy(report_dir / "distributions.png", target.with_suffix(".png"))
     print(text)

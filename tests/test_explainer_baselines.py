@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -34,7 +35,8 @@ def explanation(user: int, item: int) -> str:
     return f"the user would enjoy this {GENRE_OF_USER[user % 3]} {THING_OF_ITEM[item % 2]} ."
 
 
-def write_dataset(root, name="toy", ratings=True, empty_train=0):
+def write_dataset(root, name="toy", ratings=True, empty_train=0, published=False):
+    """``published``: each pair also carries a published XRec prediction (one fixed sentence)."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     rows, inter = [], ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
@@ -43,7 +45,8 @@ def write_dataset(root, name="toy", ratings=True, empty_train=0):
             split = {7: "test", 6: "valid"}.get((user + item) % 8, "train")  # every id also occurs in train
             rows.append({"user_id": f"u{user}", "item_id": f"i{item}", "title": f"Item {item}", "user_profile": "",
                          "item_profile": "", "explanation": explanation(user, item), "split": split,
-                         "profile_source": "", "explanation_source": "test"})
+                         "profile_source": "", "explanation_source": "test",
+                         **({"baselines": {"xrec": "The user would buy it for its plot."}} if published else {})})
             inter.append(f"u{user}\ti{item}\t{1 + (user + item) % 5}\t{user * 10 + item}")
     for row in rows[:empty_train]:
         row["explanation"] = "  "
@@ -236,11 +239,12 @@ def test_table1_script_scores_baselines_on_the_same_test_rows(tmp_path):
     import sys
     from pathlib import Path
 
-    write_dataset(tmp_path / "data")
+    write_dataset(tmp_path / "data", published=True)
     script = Path(__file__).resolve().parents[1] / "run_scripts" / "table1.py"
     out = tmp_path / "table.md"
     command = [sys.executable, str(script), "--dataset", "toy", "--data_path", str(tmp_path / "data"),
                "--systems", "NRT", "PETER", "--train_pairs", "0", "--test_pairs", "0", "--metrics", "bleu", "usr",
+               "grounding",
                "--out", str(out), f"--run_dir={tmp_path / 'run'}", *small_flags(baseline_epochs=2)]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "TQDM_DISABLE": "1"})
@@ -248,3 +252,6 @@ def test_table1_script_scores_baselines_on_the_same_test_rows(tmp_path):
     table = out.read_text()
     assert "| NRT |" in table and "| PETER |" in table and "(test split, 6 rows)" in table
     assert "| NRT | " in table.split("| system | training | generation |")[1]
+    paired = table.split("## Each system minus xrec (published)")[1]
+    assert "| system - xrec (published) | grounding |" in paired
+    assert re.search(r"\| PETER \| [+-]\d\.\d{4} \+- \d\.\d{4} \|", paired)
