@@ -211,8 +211,9 @@ def main() -> None:
     target = Path(args.out or HERE.parent / "results" / f"table1_{args.dataset}.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     text = (report_dir / "table.md").read_text(encoding="utf-8")
+    budget = f"the first {args.train_pairs} train pairs" if args.train_pairs else "every train pair"
     text += ("\n\n## This run\n\n"
-             f"Each tuned system trained on the first {args.train_pairs} train pairs for {args.epochs} epoch(s) "
+             f"Each tuned system trained on {budget} for {args.epochs} epoch(s) "
              f"(validation loss on {args.valid_pairs} valid pairs), then explained the first {len(pairs)} test "
              "pairs (the baselines: their own epochs, baseline_epochs). Minutes of this run (0 where a stage was "
              "up to date; a baseline's training minutes are those of the run that trained it):\n\n"
