@@ -11,7 +11,8 @@ RecBole 1.2.1's ``sequential_recommender/sine.py`` calls
 ``torch.autograd.set_detect_anomaly(True)`` when it is imported, i.e. whenever
 any of RecBole's sequential models is: every later backward pass of the process
 (MMPSASRec's, the explainer's, the preference models') then records a traceback
-per operation and checks every gradient for NaN, several times slower on CPU.
+per operation and checks every gradient for NaN: about 1.5x slower training steps
+on CPU (results/bench_anomaly_mode.md).
 RecBole's models are therefore imported here, once, with the process's anomaly
 mode put back as it was (:func:`recbole_sequential_models`).
 """
