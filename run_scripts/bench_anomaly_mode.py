@@ -19,6 +19,7 @@ The table gives the median seconds per step in each mode and their ratio.
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import sys
@@ -47,12 +48,11 @@ def mmpsasrec_step() -> Callable[[], None]:
     train, _, _ = data_preparation(config, create_dataset(config))
     model = get_model("MMPSASRec")(config, train.dataset)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = [batch for _, batch in zip(range(4), train)]
-    turn = iter(range(10 ** 9))
+    batches = itertools.cycle([batch for _, batch in zip(range(4), train)])
 
     def step() -> None:
         optimizer.zero_grad()
-        model.calculate_loss(batches[next(turn) % len(batches)]).backward()
+        model.calculate_loss(next(batches)).backward()
         optimizer.step()
 
     return step
