@@ -2,7 +2,8 @@
 
     python run_scripts/table1.py --dataset xrec-amazon --data_path dataset \
         [--train_pairs 320] [--epochs 1] [--test_pairs 100] [--systems full no_graph no_paths zero_shot] \
-        [--metrics bertscore bleu rouge_l usr likelihood] [--out results/table1_xrec-amazon.md] [--key=value ...]
+        [--metrics bertscore bleu rouge_l usr likelihood] [--out results/table1_xrec-amazon.md] \
+        [--generations full=results/generations/xrec-amazon/full.jsonl ...] [--key=value ...]
 
 Needs the imported data set, its paths for every pair (`mmprefer paths`) and
 the recommender's vectors (`run_recbole --model=MMPSASRec`). Each system is
@@ -12,7 +13,10 @@ explains the first ``--test_pairs`` test pairs (0: all); everything lands in
 ``<run_dir>/table1/<system>/`` and a rerun skips what is up to date.
 `mmprefer evaluate`'s scorer then scores all systems, XRec's published
 predictions and the two cheap baselines on exactly those test rows; its table
-and figure are copied to ``--out``.
+and figure are copied to ``--out``. ``--generations SYSTEM=FILE`` scores a
+system's generations made earlier (a past session's, kept under
+``results/generations/``) beside the others instead of training it again, so a
+table at full budget can be built one system per session.
 
 Systems (ablations are config switches, design section 8):
   full       LoRA + graph soft prompt (GAT) + k text paths
@@ -43,7 +47,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,6 +92,22 @@ def add_budget_arguments(parser: argparse.ArgumentParser, train_pairs: int, test
     parser.add_argument("--valid_pairs", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--generations", nargs="+", default=[], metavar="SYSTEM=FILE",
+                        help="a system's generations made earlier (e.g. results/generations/): scored beside the "
+                             "others on the same rows, neither trained nor generated again")
+
+
+def kept_generations(args, systems: Sequence[str]) -> Dict[str, Path]:
+    """--generations SYSTEM=FILE as {system: file}, each system one the script knows and each file present."""
+    kept = {}
+    for item in args.generations:
+        name, sep, path = item.partition("=")
+        if not sep or name not in systems:
+            raise SystemExit(f"--generations {item!r}: give SYSTEM=FILE with SYSTEM one of {list(systems)}")
+        if not Path(path).is_file():
+            raise SystemExit(f"--generations {item!r}: no file {path}")
+        kept[name] = Path(path)
+    return kept
 
 
 def parse_budget(parser: argparse.ArgumentParser, script: str) -> Tuple[argparse.Namespace, str]:
@@ -196,7 +216,11 @@ def main() -> None:
     base_dir = run_dir(config) / "table1"
     pairs = test_pairs(config, args.test_pairs)
     files, timings = {}, []
-    for name in args.systems:
+    kept = kept_generations(args, [*SYSTEMS, *BASELINES])
+    for name, path in kept.items():
+        files[LABELS.get(name, name)] = path
+        timings.append(f"| {LABELS.get(name, name)} | kept: {path} | kept |")
+    for name in [name for name in args.systems if name not in kept]:
         if name in BASELINES:
             out, train_minutes, generate_minutes = run_baseline(args, name, base_dir, pairs)
         else:

@@ -2,7 +2,7 @@
 
     python run_scripts/table2.py --dataset xrec-amazon --data_path dataset \
         [--train_pairs 0] [--epochs 1] [--test_pairs 0] [--systems full gcn gt no_graph no_lora no_multisid no_paths] \
-        [--out results/table2_xrec-amazon.md] [--key=value ...]
+        [--out results/table2_xrec-amazon.md] [--generations full=FILE ...] [--key=value ...]
 
 Rows: full (GAT), w/ GCN, w/ GT (graph transformer), w/o graph level, w/o
 LoRA, w/o Multi-SID and w/o paths. "w/o Multi-SID" is a second MMPSASRec
@@ -13,9 +13,11 @@ trains on the first ``--train_pairs`` train pairs (0: all) for ``--epochs``
 epochs and explains the first ``--test_pairs`` test pairs (0: all, the
 paper's 300). Everything is resumable: a stopped run continues at its last
 step checkpoint (``explainer_checkpoint_steps``), finished systems are
-skipped as up to date, so the table can span several sessions. The report
-adds each row minus the full model on BERT P/R/F1, paired over the same rows
-(mean +- standard error, :mod:`recbole_mmprefer.evaluation.paired`).
+skipped as up to date, so the table can span several sessions; a row whose
+generations were kept from an earlier run (``--generations SYSTEM=FILE``) is
+scored from that file. The report adds each row minus the full model on BERT
+P/R/F1, paired over the same rows (mean +- standard error,
+:mod:`recbole_mmprefer.evaluation.paired`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from table1 import LABELS, add_budget_arguments, argv_without, make_config, parse_budget, run_system, test_pairs  # noqa: E402  (the shared machinery of the tables)
+# the shared machinery of the tables
+from table1 import (  # noqa: E402
+    LABELS,
+    add_budget_arguments,
+    argv_without,
+    kept_generations,
+    make_config,
+    parse_budget,
+    run_system,
+    test_pairs,
+)
 
 ROWS = ["full", "gcn", "gt", "no_graph", "no_lora", "no_multisid", "no_paths"]
 PAIRED_METRICS = ["bertscore_precision", "bertscore_recall", "bertscore_f1"]
@@ -62,8 +74,9 @@ def main() -> None:
     config = make_config(args, {})
     base_dir = run_dir(config) / "table2"
     pairs = test_pairs(config, args.test_pairs)
-    files = {}
-    for name in args.systems:
+    kept = kept_generations(args, ROWS)
+    files = {LABELS[name]: path for name, path in kept.items()}
+    for name in [name for name in args.systems if name not in kept]:
         with argv_without(OWN_RUN_KEYS) if name == "no_multisid" else contextlib.nullcontext():
             own = no_multisid_config(args, base_dir) if name == "no_multisid" else None
             out, train_seconds, generate_seconds = run_system(args, "full" if own is not None else name, base_dir,

@@ -239,12 +239,17 @@ def test_table1_script_scores_baselines_on_the_same_test_rows(tmp_path):
     import sys
     from pathlib import Path
 
+    from recbole_mmprefer.data.generations import write_generations
+    from recbole_mmprefer.explainer.pair_data import load_table
+
     write_dataset(tmp_path / "data", published=True)
     script = Path(__file__).resolve().parents[1] / "run_scripts" / "table1.py"
-    out = tmp_path / "table.md"
+    out, kept = tmp_path / "table.md", tmp_path / "kept" / "full.jsonl"  # an earlier run's generations: the references
+    kept.parent.mkdir()
+    write_generations(kept, load_table(config_for(tmp_path, "NRT")).query("split == 'test'"))
     command = [sys.executable, str(script), "--dataset", "toy", "--data_path", str(tmp_path / "data"),
                "--systems", "NRT", "PETER", "--train_pairs", "0", "--test_pairs", "0", "--metrics", "bleu", "usr",
-               "grounding",
+               "grounding", "--generations", f"full={kept}",
                "--out", str(out), f"--run_dir={tmp_path / 'run'}", *small_flags(baseline_epochs=2)]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "TQDM_DISABLE": "1"})
@@ -255,3 +260,21 @@ def test_table1_script_scores_baselines_on_the_same_test_rows(tmp_path):
     paired = table.split("## Each system minus xrec (published)")[1]
     assert "| system - xrec (published) | grounding |" in paired
     assert re.search(r"\| PETER \| [+-]\d\.\d{4} \+- \d\.\d{4} \|", paired)
+    ours = next(line for line in table.splitlines() if line.startswith("| MMP-Refer (ours) | "))
+    assert "| 100.0000 |" in ours  # the kept file (the references) is scored ...
+    assert f"| MMP-Refer (ours) | kept: {kept} | kept |" in table  # ... and not trained again
+    assert not (tmp_path / "run" / "table1" / "full").exists()
+    assert "| MMP-Refer (ours) |" in paired
+
+
+def test_table1_refuses_kept_generations_of_an_unknown_system_or_a_missing_file(tmp_path, monkeypatch):
+    import argparse
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "run_scripts"))
+    import table1
+
+    for given, says in ((["nope=x.jsonl"], "SYSTEM one of"), ([f"full={tmp_path / 'absent.jsonl'}"], "no file"),
+                        (["full"], "SYSTEM=FILE")):
+        with pytest.raises(SystemExit, match=says):
+            table1.kept_generations(argparse.Namespace(generations=given), list(table1.SYSTEMS))
