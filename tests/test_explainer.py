@@ -23,7 +23,7 @@ from recbole_mmprefer.explainer.generate import generate_explanations
 from recbole_mmprefer.explainer.model import ExplainerModel
 from recbole_mmprefer.explainer.pair_data import PairData, join_records
 from recbole_mmprefer.explainer.path_graphs import PathSubgraphBuilder
-from recbole_mmprefer.explainer.settings import PromptSettings
+from recbole_mmprefer.explainer.settings import PromptSettings, TrainingSettings
 from recbole_mmprefer.explainer.train import train_explainer
 from recbole_mmprefer.retrieval.graph import InteractionGraph
 from recbole_mmprefer.utils import read_json
@@ -475,3 +475,33 @@ def test_copy_bias_steers_generation_into_the_prompts_own_tokens(llama):
     scores = bias(torch.zeros(4, 10), torch.zeros(4, 10))
     assert scores[0].nonzero().flatten().tolist() == [5, 6] == scores[1].nonzero().flatten().tolist()
     assert scores[2].nonzero().flatten().tolist() == [7] and float(scores[2, 7]) == 2.0
+
+
+def test_graph_warmup_trains_the_graph_soft_prompt_alone_then_lora_joins(llama, tmp_path):
+    start = ExplainerModel.from_config(config(llama), DIM).trainable_state_dict()
+    lora = [name for name in start if "lora_" in name]
+    graph = [name for name in start if name.startswith("soft_prompt.")]
+    assert lora and graph and len(lora) + len(graph) == len(start)
+
+    def trained(name, **overrides):  # 4 train pairs, batch 2: 2 steps per epoch
+        out = train_explainer(config(llama, **overrides), tmp_path / name, **inputs())
+        return torch.load(out / ADAPTER_FILE, weights_only=True), read_json(out / "meta.json")
+
+    warm, _ = trained("warm", explainer_epochs=1, explainer_graph_warmup_steps=2)
+    assert all(torch.equal(warm[name], start[name]) for name in lora)  # LoRA held through the warm-up
+    assert any(not torch.equal(warm[name], start[name]) for name in graph)
+    joined, meta = trained("joined", explainer_epochs=2, explainer_graph_warmup_steps=2)
+    assert any(not torch.equal(joined[name], start[name]) for name in lora)  # and trains after it
+    assert meta["training"]["explainer_graph_warmup_steps"] == 2
+    joint, _ = trained("joint", explainer_epochs=1)
+    assert any(not torch.equal(joint[name], start[name]) for name in lora)
+    assert not all(torch.equal(joint[name], warm[name]) for name in graph)  # the warm-up changes what the graph learns
+
+
+def test_graph_warmup_is_left_out_of_the_training_hash_when_off(llama):
+    off = TrainingSettings.from_config(config(llama))
+    assert off.graph_warmup_steps == 0 and "explainer_graph_warmup_steps" not in off.results_keys()
+    on = TrainingSettings.from_config(config(llama, explainer_graph_warmup_steps=5))
+    assert on.results_keys()["explainer_graph_warmup_steps"] == 5
+    with pytest.raises(InputError, match="explainer_graph_warmup_steps"):
+        TrainingSettings.from_config(config(llama, explainer_graph_warmup_steps=-1))

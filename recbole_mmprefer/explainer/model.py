@@ -133,6 +133,10 @@ class ExplainerModel(nn.Module):
     def trainable_names(self) -> List[str]:
         return [name for name, parameter in self.named_parameters() if parameter.requires_grad]
 
+    def lora_parameters(self) -> List[torch.nn.Parameter]:
+        """The trainable parameters of the LLM (its LoRA weights; none without LoRA)."""
+        return [parameter for parameter in self.llm.parameters() if parameter.requires_grad]
+
     def trainable_state_dict(self) -> Dict[str, Tensor]:
         """The LoRA, GNN and adapter parameters only (detached CPU copies)."""
         return {name: parameter.detach().cpu().clone() for name, parameter in self.named_parameters()

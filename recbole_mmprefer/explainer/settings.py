@@ -234,6 +234,7 @@ class TrainingSettings(StageSettings):
     max_train_pairs: Optional[int]
     max_valid_pairs: Optional[int]
     bf16: bool
+    graph_warmup_steps: int
 
     def __post_init__(self):
         self.learning_rate = check_float("explainer_learning_rate", self.learning_rate, 0.0, above_minimum=True)
@@ -246,12 +247,15 @@ class TrainingSettings(StageSettings):
         self.max_train_pairs = check_optional_int("explainer_max_train_pairs", self.max_train_pairs, 1)
         self.max_valid_pairs = check_optional_int("explainer_max_valid_pairs", self.max_valid_pairs, 0)
         self.bf16 = check_bf16(self.bf16)
+        self.graph_warmup_steps = check_int("explainer_graph_warmup_steps", self.graph_warmup_steps, 0)
 
     def results_keys(self) -> Dict[str, object]:
         """The keys that change what training computes (not how often it checkpoints, nor for how long)."""
         keys = self.to_config()
         keys.pop("explainer_checkpoint_steps")
         keys["explainer_epochs"] = None
+        if not self.graph_warmup_steps:  # as before the key existed: trained explainers stay up to date
+            keys.pop("explainer_graph_warmup_steps")
         return keys
 
     def checkpoint_due(self, step: int) -> bool:

@@ -10,7 +10,10 @@ epoch.
 LoRA r8 nearly untrained in 3 epochs) over the trainable parameters only
 (LoRA, GNN, adapter), ``explainer_batch_size`` pairs per step and process,
 ``explainer_grad_accumulation`` steps per update (``accelerator.accumulate``),
-optional bfloat16 autocast (``explainer_bf16``). ``accelerate.Accelerator``
+optional bfloat16 autocast (``explainer_bf16``). With
+``explainer_graph_warmup_steps`` N > 0 the first N training steps update the
+graph soft prompt (GNN + adapter) only: the LoRA weights lose their gradient
+before the optimizer step, so AdamW leaves them and their moments untouched. ``accelerate.Accelerator``
 picks the device and the processes: one CPU process, or N GPUs / nodes under
 ``accelerate launch`` / ``torchrun`` (batches are sharded over processes).
 Every epoch is seeded by ``(seed, epoch)``: the pair order and dropout of an
@@ -223,10 +226,22 @@ class TrainingRun:
                                              collate_fn=_indices)
         self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.warmup_steps = self._graph_warmup_steps()
         self.history: List[Dict[str, object]] = []
         self.first_epoch = 1
         self.mid_epoch: Optional[Checkpoint] = None  # resuming inside this checkpoint's epoch
         self.mid_epoch_losses: List[float] = []
+
+    def _graph_warmup_steps(self) -> int:
+        """The training steps in which only the graph soft prompt learns (0 when there is no graph or no LoRA)."""
+        steps = self.training.graph_warmup_steps
+        if steps and (self.unwrapped.soft_prompt is None or not self.unwrapped.lora_parameters()):
+            logger.info("explainer_graph_warmup_steps: %d is inert without %s", steps,
+                        "a graph soft prompt" if self.unwrapped.soft_prompt is None else "LoRA")
+            return 0
+        if steps:
+            logger.info("Graph warm-up: training steps 1-%d train the GNN and the adapter only, LoRA held", steps)
+        return steps
 
     def resume(self, force: bool) -> None:
         """Continue after the latest checkpoint of these inputs (``force``: remove every checkpoint instead)."""
@@ -300,6 +315,9 @@ class TrainingRun:
             if not torch.isfinite(loss.detach()):
                 raise diverged(loss, epoch, step, [self.train_data.records[n] for n in indices], self.out_dir)
             self.accelerator.backward(loss)
+            if (epoch - 1) * len(self.loader) + step <= self.warmup_steps:
+                for parameter in self.unwrapped.lora_parameters():
+                    parameter.grad = None  # AdamW skips a parameter without a gradient: weights and moments held
             self.optimizer.step()
             self.optimizer.zero_grad()
         value = float(loss.detach())
