@@ -26,6 +26,7 @@ Systems (ablations are config switches, design section 8):
   gcn        as full, with a GCN instead of the GAT
   gt         as full, with a graph transformer instead of the GAT
   full_neutral  as full, the soft prompt starting as a no-op (explainer_soft_prompt_start: neutral)
+  full_warmup   as full, the first 100 steps training the graph soft prompt alone (explainer_graph_warmup_steps)
   zero_shot  the frozen LLM with text paths, nothing trained
   grefer     G-Refer: PaGE-Link paths (path_retriever: pagelink) and its node retrieval (path_node_retrieval),
              as text, LoRA on the same LLM with our budget; in a run folder of its own (<run_dir>/table1/grefer/run)
@@ -59,6 +60,7 @@ SYSTEMS = {
     "gcn": {"explainer_gnn": "gcn"},
     "gt": {"explainer_gnn": "transformer"},
     "full_neutral": {"explainer_soft_prompt_start": "neutral"},
+    "full_warmup": {"explainer_graph_warmup_steps": 100},
     "zero_shot": None,  # no training: generate_explanations without a model folder
     "grefer": {"explainer_graph_level": False},  # in a run of its own (OWN_RUNS): G-Refer's retrieval
 }
@@ -70,7 +72,8 @@ PUBLISHED = "xrec (published)"  # XRec's own predictions, kept by `mmprefer impo
 PAIRED_METRICS = ("bertscore_f1", "grounding")
 LABELS = {"full": "MMP-Refer (ours)", "no_graph": "w/o graph level", "no_paths": "w/o paths",
           "no_lora": "w/o LoRA", "gcn": "GCN encoder", "gt": "GT encoder", "no_multisid": "w/o Multi-SID",
-          "full_neutral": "ours, neutral soft-prompt start", "grefer": "G-Refer (PaGE-Link paths + node retrieval)",
+          "full_neutral": "ours, neutral soft-prompt start",
+          "full_warmup": "ours, graph warm-up", "grefer": "G-Refer (PaGE-Link paths + node retrieval)",
           "zero_shot": "zero-shot (no tuning)"}
 
 
