@@ -13,9 +13,10 @@ LoRA r8 nearly untrained in 3 epochs) over the trainable parameters only
 optional bfloat16 autocast (``explainer_bf16``). With
 ``explainer_graph_warmup_steps`` N > 0 the first N training steps update the
 graph soft prompt (GNN + adapter) only: the LoRA weights lose their gradient
-before the optimizer step, so AdamW leaves them and their moments untouched. ``accelerate.Accelerator``
-picks the device and the processes: one CPU process, or N GPUs / nodes under
-``accelerate launch`` / ``torchrun`` (batches are sharded over processes).
+before the optimizer step, so AdamW leaves them and their moments untouched.
+``accelerate.Accelerator`` picks the device and the processes: one CPU
+process, or N GPUs / nodes under ``accelerate launch`` / ``torchrun``
+(batches are sharded over processes).
 Every epoch is seeded by ``(seed, epoch)``: the pair order and dropout of an
 epoch do not depend on whether the run was resumed.
 
