@@ -26,7 +26,8 @@ Systems (ablations are config switches, design section 8):
   gcn        as full, with a GCN instead of the GAT
   gt         as full, with a graph transformer instead of the GAT
   full_neutral  as full, the soft prompt starting as a no-op (explainer_soft_prompt_start: neutral)
-  full_warmup   as full, the first 100 steps training the graph soft prompt alone (explainer_graph_warmup_steps)
+  full_warmup   as full, the first sixth of the epoch's steps training the graph soft prompt alone
+                (explainer_graph_warmup_steps: 100 of 600 at full budget on xrec-amazon)
   zero_shot  the frozen LLM with text paths, nothing trained
   grefer     G-Refer: PaGE-Link paths (path_retriever: pagelink) and its node retrieval (path_node_retrieval),
              as text, LoRA on the same LLM with our budget; in a run folder of its own (<run_dir>/table1/grefer/run)
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import shutil
 import sys
 import time
@@ -60,7 +62,7 @@ SYSTEMS = {
     "gcn": {"explainer_gnn": "gcn"},
     "gt": {"explainer_gnn": "transformer"},
     "full_neutral": {"explainer_soft_prompt_start": "neutral"},
-    "full_warmup": {"explainer_graph_warmup_steps": 100},
+    "full_warmup": {},  # explainer_graph_warmup_steps: graph_warmup_steps()
     "zero_shot": None,  # no training: generate_explanations without a model folder
     "grefer": {"explainer_graph_level": False},  # in a run of its own (OWN_RUNS): G-Refer's retrieval
 }
@@ -68,6 +70,7 @@ SYSTEMS = {
 # with its own paths (and graph, link predictor, profile embeddings); the explainer settings are SYSTEMS[name].
 OWN_RUNS = {"grefer": {"path_retriever": "pagelink", "path_node_retrieval": True}}
 BASELINES = ("NRT", "Att2Seq", "PETER", "PEPLER", "CER")
+WARMUP_SHARE = 6  # full_warmup: the first 1/WARMUP_SHARE of an epoch's steps are graph warm-up
 PUBLISHED = "xrec (published)"  # XRec's own predictions, kept by `mmprefer import xrec`
 PAIRED_METRICS = ("bertscore_f1", "grounding")
 LABELS = {"full": "MMP-Refer (ours)", "no_graph": "w/o graph level", "no_paths": "w/o paths",
@@ -172,12 +175,24 @@ def own_run_config(args, name: str, base_dir: Path, overrides: dict):
     return config
 
 
+def graph_warmup_steps(args) -> int:
+    """The warm-up of full_warmup: 1/WARMUP_SHARE of the steps of one epoch at this budget (at least 1)."""
+    from recbole_mmprefer.explainer.pair_data import load_table
+
+    config = make_config(args, {})
+    train = int((load_table(config)["split"] == "train").sum())
+    pairs = min(train, args.train_pairs or train)
+    return max(1, math.ceil(pairs / config["explainer_batch_size"]) // WARMUP_SHARE)
+
+
 def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder_name=None) -> tuple:
     """(generation file, seconds training, seconds generating) of one system (``config``: a run of its own)."""
     from recbole_mmprefer.explainer.generate import generate_explanations
     from recbole_mmprefer.explainer.train import train_explainer
 
     overrides = SYSTEMS[name]
+    if name == "full_warmup":
+        overrides = {**overrides, "explainer_graph_warmup_steps": graph_warmup_steps(args)}
     if config is None and name in OWN_RUNS:
         config = own_run_config(args, name, base_dir, OWN_RUNS[name])
     config = make_config(args, overrides or {}) if config is None else config

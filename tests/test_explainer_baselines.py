@@ -278,3 +278,22 @@ def test_table1_refuses_kept_generations_of_an_unknown_system_or_a_missing_file(
                         (["full"], "SYSTEM=FILE")):
         with pytest.raises(SystemExit, match=says):
             table1.kept_generations(argparse.Namespace(generations=given), list(table1.SYSTEMS))
+
+
+def test_table1_full_warmup_warms_up_for_a_sixth_of_an_epochs_steps(tmp_path, monkeypatch):
+    import argparse
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path / "data")  # 36 train pairs
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "run_scripts"))
+    monkeypatch.setattr(sys, "argv", ["table1.py", "--explainer_batch_size=1"])  # RecBole's Config reads argv
+    import table1
+
+    args = argparse.Namespace(dataset="toy", data_path=str(tmp_path / "data"), train_pairs=None, valid_pairs=2,
+                              epochs=1, metrics=["bleu"])
+    assert table1.graph_warmup_steps(args) == 6
+    args.train_pairs = 12
+    assert table1.graph_warmup_steps(args) == 2
+    args.train_pairs = 3
+    assert table1.graph_warmup_steps(args) == 1
