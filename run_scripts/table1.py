@@ -204,18 +204,19 @@ def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder
     return out, trained - started, time.perf_counter() - trained
 
 
-def against_published(report_dir: Path, systems: List[str]) -> str:
-    """Each system minus XRec's published predictions, paired over the same rows ("" without them)."""
+def paired_against(report_dir: Path, reference: str, systems: List[str]) -> str:
+    """Each other system minus ``reference``, paired over the same rows ("" when it or the metrics are absent)."""
     import pandas as pd
 
     from recbole_mmprefer.evaluation.paired import paired_table
 
     per_sample = pd.read_csv(report_dir / "per_sample.csv")
     metrics = [metric for metric in PAIRED_METRICS if metric in per_sample.columns]
-    if PUBLISHED not in set(per_sample["system"]) or not metrics:
+    others = [system for system in systems if system != reference]
+    if reference not in set(per_sample["system"]) or not metrics or not others:
         return ""
-    return (f"\n## Each system minus {PUBLISHED} (paired over the same rows, mean +- standard error)\n\n"
-            + paired_table(report_dir, PUBLISHED, systems, metrics) + "\n")
+    return (f"\n## Each system minus {reference} (paired over the same rows, mean +- standard error)\n\n"
+            + paired_table(report_dir, reference, others, metrics) + "\n")
 
 
 def main() -> None:
@@ -260,7 +261,8 @@ def main() -> None:
              "pairs (the baselines: their own epochs, baseline_epochs). Minutes of this run (0 where a stage was "
              "up to date; a baseline's training minutes are those of the run that trained it):\n\n"
              "| system | training | generation |\n|---|---|---|\n" + "\n".join(timings)
-             + f"\n\nCommand: `{command}`\n") + against_published(report_dir, list(files))
+             + f"\n\nCommand: `{command}`\n") + paired_against(report_dir, PUBLISHED, list(files))
+    text += paired_against(report_dir, LABELS["full"], list(files))
     target.write_text(text, encoding="utf-8")
     shutil.copy(report_dir / "distributions.png", target.with_suffix(".png"))
     print(text)

@@ -265,6 +265,8 @@ def test_table1_script_scores_baselines_on_the_same_test_rows(tmp_path):
     assert f"| MMP-Refer (ours) | kept: {kept} | kept |" in table  # ... and not trained again
     assert not (tmp_path / "run" / "table1" / "full").exists()
     assert "| MMP-Refer (ours) |" in paired
+    against_ours = table.split("## Each system minus MMP-Refer (ours)")[1]
+    assert re.search(r"\| NRT \| [+-]\d\.\d{4} \+- \d\.\d{4} \|", against_ours)
 
 
 def test_table1_refuses_kept_generations_of_an_unknown_system_or_a_missing_file(tmp_path, monkeypatch):
