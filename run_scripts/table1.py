@@ -62,7 +62,7 @@ SYSTEMS = {
     "gcn": {"explainer_gnn": "gcn"},
     "gt": {"explainer_gnn": "transformer"},
     "full_neutral": {"explainer_soft_prompt_start": "neutral"},
-    "full_warmup": {},  # explainer_graph_warmup_steps: graph_warmup_steps()
+    "full_warmup": {"explainer_graph_warmup_steps": lambda args: graph_warmup_steps(args)},
     "zero_shot": None,  # no training: generate_explanations without a model folder
     "grefer": {"explainer_graph_level": False},  # in a run of its own (OWN_RUNS): G-Refer's retrieval
 }
@@ -191,8 +191,8 @@ def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder
     from recbole_mmprefer.explainer.train import train_explainer
 
     overrides = SYSTEMS[name]
-    if name == "full_warmup":
-        overrides = {**overrides, "explainer_graph_warmup_steps": graph_warmup_steps(args)}
+    if overrides is not None:  # a value may depend on the budget: computed from the arguments
+        overrides = {key: value(args) if callable(value) else value for key, value in overrides.items()}
     if config is None and name in OWN_RUNS:
         config = own_run_config(args, name, base_dir, OWN_RUNS[name])
     config = make_config(args, overrides or {}) if config is None else config
@@ -204,14 +204,15 @@ def run_system(args, name: str, base_dir: Path, pairs: list, config=None, folder
     return out, trained - started, time.perf_counter() - trained
 
 
-def paired_against(report_dir: Path, reference: str, systems: List[str]) -> str:
+def paired_against(report_dir: Path, reference: str, systems: List[str],
+                   metrics: Sequence[str] = PAIRED_METRICS) -> str:
     """Each other system minus ``reference``, paired over the same rows ("" when it or the metrics are absent)."""
     import pandas as pd
 
     from recbole_mmprefer.evaluation.paired import paired_table
 
     per_sample = pd.read_csv(report_dir / "per_sample.csv")
-    metrics = [metric for metric in PAIRED_METRICS if metric in per_sample.columns]
+    metrics = [metric for metric in metrics if metric in per_sample.columns]
     others = [system for system in systems if system != reference]
     if reference not in set(per_sample["system"]) or not metrics or not others:
         return ""

@@ -37,6 +37,7 @@ from table1 import (  # noqa: E402
     argv_without,
     kept_generations,
     make_config,
+    paired_against,
     parse_budget,
     run_system,
     test_pairs,
@@ -69,7 +70,6 @@ def main() -> None:
 
     from recbole_mmprefer.artifacts import run_dir
     from recbole_mmprefer.evaluation.evaluate import evaluate
-    from recbole_mmprefer.evaluation.paired import paired_table
 
     config = make_config(args, {})
     base_dir = run_dir(config) / "table2"
@@ -86,9 +86,7 @@ def main() -> None:
     report_dir = evaluate(config, files, split="test", name="table2", published=False, baselines=False,
                           max_rows=len(pairs))
     text = (report_dir / "table.md").read_text(encoding="utf-8")
-    if LABELS["full"] in files:
-        text += ("\n\n## Each row minus the full model (paired over the same rows, mean +- standard error)\n\n"
-                 + paired_table(report_dir, LABELS["full"], list(files), PAIRED_METRICS))
+    text += "\n" + paired_against(report_dir, LABELS["full"], list(files), PAIRED_METRICS)
     text += (f"\n\nEach system trained on {args.train_pairs or 'all'} train pairs for {args.epochs} epoch(s) and "
              f"explained {len(pairs)} test pairs.\n\nCommand: `{command}`\n")
     target = Path(args.out or HERE.parent / "results" / f"table2_{args.dataset}.md")

@@ -299,3 +299,31 @@ def test_table1_full_warmup_warms_up_for_a_sixth_of_an_epochs_steps(tmp_path, mo
     assert table1.graph_warmup_steps(args) == 2
     args.train_pairs = 3
     assert table1.graph_warmup_steps(args) == 1
+
+
+def test_table2_scores_kept_generations_and_pairs_them_against_the_full_model(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from recbole_mmprefer.data.generations import write_generations
+    from recbole_mmprefer.explainer.pair_data import load_table
+
+    write_dataset(tmp_path / "data")
+    test = load_table(config_for(tmp_path, "NRT")).query("split == 'test'")
+    full, no_graph = tmp_path / "full.jsonl", tmp_path / "no_graph.jsonl"
+    write_generations(full, test)  # the references themselves: BERT-F1 1
+    write_generations(no_graph, test.assign(explanation="a plain sentence ."))
+    script = Path(__file__).resolve().parents[1] / "run_scripts" / "table2.py"
+    out = tmp_path / "table2.md"
+    done = subprocess.run([sys.executable, str(script), "--dataset", "toy", "--data_path", str(tmp_path / "data"),
+                           "--systems", "full", "no_graph", "--metrics", "bertscore", "--out", str(out),
+                           "--generations", f"full={full}", f"no_graph={no_graph}", f"--run_dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = out.read_text()
+    assert not (tmp_path / "run" / "table2").exists()  # nothing trained
+    assert "| w/o graph level |" in table and "(test split, 6 rows)" in table
+    paired = table.split("## Each system minus MMP-Refer (ours)")[1]
+    assert re.search(r"\| w/o graph level \| -0\.\d{4} \+- \d\.\d{4} \| -0\.\d{4} \+- \d\.\d{4} \| -0\.\d{4}", paired)

@@ -228,6 +228,7 @@ class TrainingRun:
         self.model, self.optimizer, self.loader = self.accelerator.prepare(model, optimizer, loader)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.warmup_steps = self._graph_warmup_steps()
+        self.held_in_warmup = self.unwrapped.lora_parameters() if self.warmup_steps else []
         self.history: List[Dict[str, object]] = []
         self.first_epoch = 1
         self.mid_epoch: Optional[Checkpoint] = None  # resuming inside this checkpoint's epoch
@@ -317,7 +318,7 @@ class TrainingRun:
                 raise diverged(loss, epoch, step, [self.train_data.records[n] for n in indices], self.out_dir)
             self.accelerator.backward(loss)
             if (epoch - 1) * len(self.loader) + step <= self.warmup_steps:
-                for parameter in self.unwrapped.lora_parameters():
+                for parameter in self.held_in_warmup:
                     parameter.grad = None  # AdamW skips a parameter without a gradient: weights and moments held
             self.optimizer.step()
             self.optimizer.zero_grad()
